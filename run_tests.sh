@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: sets up .venv from requirements.txt if needed, runs the
+# whole pytest suite, then the same tests as Bazel targets.
+# Extra arguments go to pytest (e.g. ./run_tests.sh -k network -x).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+source tools/venv.sh
+python -m pytest "$@"
