@@ -6,3 +6,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source tools/venv.sh
 python -m pytest "$@"
+if (( $# == 0 )); then tools/bazel_test.sh; else echo "skipping bazel test: pytest was given a selection ($*); run tools/bazel_test.sh for it" >&2; fi

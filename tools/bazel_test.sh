@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs every test target with Bazel, offline: installs Debian's bazel-bootstrap (Bazel 4.2.3) with
+# apt-get when bazel is missing, and skips, saying so, only where apt-get is unavailable.
+# Fails when a test fails, when no test targets exist, or when a module or test file under official/,
+# data_prep/ or tests/ is in no target's srcs. Extra arguments go to `bazel test`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The Python toolchain (third_party/bazel/python) runs tests with this clone's .venv.
+source tools/venv.sh
+
+if ! command -v bazel >/dev/null 2>&1; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "skipping bazel test: bazel is not installed and apt-get is unavailable to install Debian's bazel-bootstrap (install Bazel 4.2.3 to run it)" >&2
+        exit 0
+    fi
+    if [[ "$(id -u)" != 0 ]]; then
+        echo "error: bazel is not installed; install it with \`sudo apt-get install bazel-bootstrap\` and rerun" >&2
+        exit 1
+    fi
+    echo "Installing Debian's bazel-bootstrap with apt-get ..." >&2
+    apt_log="$(mktemp)"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -q \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bazel-bootstrap; } >"$apt_log" 2>&1; then
+        tail -n 20 "$apt_log" >&2
+        echo "error: apt-get could not install bazel-bootstrap (its messages are above)" >&2
+        exit 1
+    fi
+    rm -f "$apt_log"
+fi
+
+# The server otherwise idles for hours after the last command.
+trap 'bazel shutdown >/dev/null 2>&1 || true' EXIT
+
+# A tool that only looks like Bazel (npm's bazel without its execute bit) prints nothing and exits 0;
+# asking for the test targets first turns that into an error instead of a silent pass.
+test_targets="$(bazel query --noshow_progress 'tests(//...)')"
+if [[ -z "$test_targets" ]]; then
+    echo "error: bazel found no test targets under //... (is \`$(command -v bazel)\` a working Bazel?)" >&2
+    exit 1
+fi
+
+sources_in_targets="$(bazel query --noshow_progress 'labels(srcs, //...)' \
+    | sed -n 's|^//\([^:]*\):\(.*\)$|\1/\2|p' | sort)"
+untargeted="$(comm -23 <(find official data_prep tests -name '*.py' ! -name '__init__.py' | sort) \
+    <(echo "$sources_in_targets"))"
+if [[ -n "$untargeted" ]]; then
+    echo "error: these files are in no Bazel target's srcs; add a py_library/py_binary/py_test for each to the BUILD file of its directory:" >&2
+    echo "$untargeted" | sed 's/^/  /' >&2
+    exit 1
+fi
+
+echo "bazel test: $(echo "$test_targets" | wc -l) test targets" >&2
+start=$SECONDS
+status=0
+bazel test --keep_going "$@" //... || status=$?
+if [[ $status == 0 ]]; then
+    echo "bazel test: all passed in $((SECONDS - start)) s" >&2
+elif [[ $status == 3 ]]; then
+    echo "error: bazel test: some tests failed (their logs are above)" >&2
+elif [[ $status == 4 ]]; then
+    echo "error: bazel test found no test targets to run" >&2
+else
+    echo "error: bazel test could not build or run the tests (exit code $status; see above)" >&2
+fi
+exit "$status"
