@@ -1,0 +1,201 @@
+"""Estimator input functions over ImageNet TFRecord shards (schema: DESIGN.md §3), and synthetic data.
+
+Training: the split's files are sharded across input pipelines (workers), their order is reshuffled
+every epoch, shards are read in parallel, records are shuffled, repeated forever, parsed and
+preprocessed in parallel, batched with drop_remainder and prefetched.
+
+Evaluation: every record exactly once, in a fixed order (files sorted by name, records in file order),
+with a final partial batch.
+"""
+
+import os
+import re
+
+import tensorflow as tf
+
+from official.xception import preprocessing
+from official.xception.errors import PipelineError
+
+TRAIN_PATTERN = "train-*-of-*"
+VALIDATION_PATTERN = "validation-*-of-*"
+
+# Shards read at the same time. Enough to hide file latency on network storage and to mix classes
+# further than the record shuffle buffer alone does; each open shard holds one read buffer.
+_TRAIN_CYCLE_LENGTH = 16
+_READ_BUFFER_BYTES = 8 * 1024 * 1024
+
+_LABEL_ERROR = "image/class/label of a record is outside"
+
+_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
+}
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PipelineError(f"{name} must be a positive integer, got {value!r}")
+
+
+def list_input_files(data_dir, is_training, input_context=None):
+    """The sorted shard paths of the split that this input pipeline reads.
+
+    With an `input_context` of several input pipelines, pipeline i takes every n-th file starting at
+    file i, so workers read disjoint sets of files that together cover the split.
+
+    Raises:
+      PipelineError: no file matches the split's pattern in `data_dir`, or fewer files than pipelines.
+    """
+    pattern = os.path.join(data_dir, TRAIN_PATTERN if is_training else VALIDATION_PATTERN)
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise PipelineError(
+            f"no files match {pattern}: point --data_dir at the directory of TFRecord shards that "
+            "data_prep writes (train-00000-of-01024, validation-00000-of-00128, ...)")
+    if input_context is None or input_context.num_input_pipelines == 1:
+        return files
+    count = input_context.num_input_pipelines
+    if len(files) < count:
+        raise PipelineError(
+            f"only {len(files)} files match {pattern} for {count} input pipelines (workers): "
+            "write at least one shard per worker")
+    return files[input_context.input_pipeline_id::count]
+
+
+def _parse_record(serialized, num_classes, label_offset):
+    """Returns (image bytes, boxes [1, N, 4], label int32 in [0, num_classes))."""
+    features = tf.io.parse_single_example(serialized, _FEATURES)
+    boxes = tf.stack(
+        [tf.sparse.to_dense(features["image/object/bbox/" + key])
+         for key in ("ymin", "xmin", "ymax", "xmax")], axis=1)
+    record_label = features["image/class/label"]
+    label = record_label - label_offset
+    label_ok = tf.logical_and(label >= 0, label < num_classes)
+    check = tf.debugging.Assert(label_ok, [
+        f"{_LABEL_ERROR} [{label_offset}, {label_offset + num_classes}), the range for "
+        f"--label_offset={label_offset} and --num_classes={num_classes}: use --label_offset=1 for "
+        "labels 1..1000 with 1000 classes, --label_offset=0 for 1001 classes or 0-based labels; "
+        "the label is", record_label])
+    with tf.control_dependencies([check]):
+        label = tf.cast(label, tf.int32)
+    return features["image/encoded"], boxes[tf.newaxis], label
+
+
+def data_error_message(error):
+    """The one-line message of a record check of this module that failed while the dataset ran.
+
+    Args:
+      error: a tf.errors.OpError raised while iterating an `input_fn` dataset.
+
+    Returns:
+      The check's message with the offending value (for main modules to print instead of a
+      traceback), or None when `error` is something else.
+    """
+    pattern = r"assertion failed: \[(%s[^\]]*)\] \[(-?\d+)\]" % re.escape(_LABEL_ERROR)
+    match = re.search(pattern, error.message)
+    return f"{match.group(1)} {match.group(2)}" if match else None
+
+
+def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1000, label_offset=1,
+             dtype=tf.float32, shuffle_buffer=10000,
+             augmentation=preprocessing.AugmentationConfig(), eval_central_fraction=0.875,
+             datasets_num_private_threads=None, input_context=None, seed=None):
+    """A tf.data.Dataset of (images [B, S, S, 3] `dtype` in [-1, 1], labels int32 [B]).
+
+    Args:
+      is_training: training (shuffled, augmented, repeated, full batches) or evaluation (every
+        record once, fixed order, final partial batch).
+      data_dir: directory holding `train-*-of-*` / `validation-*-of-*` TFRecord shards.
+      batch_size: the per-replica batch size.
+      image_size: output height and width (>= 71).
+      num_classes: number of logits; labels must end up in [0, num_classes).
+      label_offset: subtracted from each record's image/class/label (1 for the established 1..1000
+        labels with 1000 classes, 0 for 1001 classes or 0-based data).
+      dtype: image dtype, float32, bfloat16 or float16.
+      shuffle_buffer: records in the training shuffle buffer.
+      augmentation: preprocessing.AugmentationConfig for training.
+      eval_central_fraction: fraction of each side kept by the evaluation central crop.
+      datasets_num_private_threads: size of a private tf.data thread pool (None: TF's shared pool).
+      input_context: tf.distribute.InputContext; each input pipeline then reads a disjoint set of files.
+      seed: fixes the file and record shuffling order (the order of training batches becomes
+        deterministic, at some cost in speed); the random crops and flips stay unseeded.
+
+    Raises:
+      PipelineError: for bad arguments or when no file matches the split's pattern.
+    """
+    _check_positive_int(batch_size, "batch_size")
+    _check_positive_int(num_classes, "num_classes")
+    if isinstance(label_offset, bool) or not isinstance(label_offset, int) or label_offset < 0:
+        raise PipelineError(f"label_offset must be 0 or a positive integer, got {label_offset!r}")
+    if is_training:
+        _check_positive_int(shuffle_buffer, "shuffle_buffer")
+    if datasets_num_private_threads is not None:
+        _check_positive_int(datasets_num_private_threads, "datasets_num_private_threads")
+    preprocessing.check_image_size(image_size)
+    preprocessing.check_central_fraction(eval_central_fraction)
+    dtype = preprocessing.check_output_dtype(dtype)
+    files = list_input_files(data_dir, is_training, input_context)
+
+    def read_records(paths):
+        return tf.data.TFRecordDataset(paths, buffer_size=_READ_BUFFER_BYTES)
+
+    def parse_and_preprocess(serialized):
+        image_bytes, boxes, label = _parse_record(serialized, num_classes, label_offset)
+        if is_training:
+            image = preprocessing.preprocess_for_train(image_bytes, boxes, image_size, augmentation,
+                                                       dtype)
+        else:
+            image = preprocessing.preprocess_for_eval(image_bytes, image_size,
+                                                      eval_central_fraction, dtype)
+        return image, label
+
+    if is_training:
+        # Training order only matters for reproducibility when a seed is given; otherwise let
+        # parallel stages hand out whichever element is ready first.
+        deterministic = seed is not None
+        dataset = tf.data.Dataset.from_tensor_slices(files)
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+        # More open readers than files would read copies of the same file side by side (the list
+        # repeats), feeding the shuffle buffer runs of identical records.
+        dataset = dataset.interleave(read_records, cycle_length=min(_TRAIN_CYCLE_LENGTH, len(files)),
+                                     num_parallel_calls=tf.data.AUTOTUNE,
+                                     deterministic=deterministic)
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    else:
+        deterministic = True
+        dataset = read_records(files)
+    dataset = dataset.map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=deterministic)
+    dataset = dataset.batch(batch_size, drop_remainder=is_training)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+
+    options = tf.data.Options()
+    # Each element's ops run on one thread; parallelism comes from the parallel map.
+    options.threading.max_intra_op_parallelism = 1
+    if datasets_num_private_threads is not None:
+        options.threading.private_threadpool_size = datasets_num_private_threads
+    if input_context is not None:
+        # The files are already split between pipelines above; auto-sharding would split them again.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
+
+
+def synthetic_input_fn(is_training, batch_size, *, image_size=299, num_classes=1000,
+                       dtype=tf.float32):
+    """One random batch made once on the device and repeated forever: no I/O, for benchmarks.
+
+    `is_training` is accepted so that callers can swap this for `input_fn` with the same arguments;
+    synthetic data is the same for both modes.
+    """
+    del is_training
+    _check_positive_int(batch_size, "batch_size")
+    _check_positive_int(num_classes, "num_classes")
+    preprocessing.check_image_size(image_size)
+    dtype = preprocessing.check_output_dtype(dtype)
+    images = tf.random.uniform([batch_size, image_size, image_size, 3], -1.0, 1.0)
+    labels = tf.random.uniform([batch_size], 0, num_classes, dtype=tf.int32)
+    return tf.data.Dataset.from_tensors((tf.cast(images, dtype), labels)).repeat()
