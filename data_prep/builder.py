@@ -1,0 +1,379 @@
+"""Raw ImageNet → shuffled, balanced, deterministic and restartable TFRecord shards.
+
+The build process lists inputs, plans every shard (which images, in which order), then hands shards to
+worker processes. Each shard's bytes depend only on its plan, so output is identical for any number of
+workers, and a finished shard that the summary vouches for (same plan digest, size and SHA-256) is reused
+when the same command runs again.
+"""
+
+import collections
+import dataclasses
+import fcntl
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+import typing
+
+from data_prep import bounding_boxes
+from data_prep import inputs
+from data_prep import shard_plan
+from data_prep.errors import DataPrepError
+from data_prep.progress import ProgressReporter, format_duration
+
+SUMMARY_NAME = "build_summary.json"
+LOCK_NAME = ".build_lock"
+_SHARD_PATTERN = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
+
+
+@dataclasses.dataclass
+class BuildConfig:
+    output_directory: str
+    train_directory: typing.Optional[str] = None
+    train_tar: typing.Optional[str] = None
+    validation_directory: typing.Optional[str] = None
+    validation_tar: typing.Optional[str] = None
+    validation_labels_file: typing.Optional[str] = None
+    labels_file: typing.Optional[str] = None
+    imagenet_metadata_file: typing.Optional[str] = None
+    bounding_box_file: typing.Optional[str] = None
+    train_shards: int = 1024
+    validation_shards: int = 128
+    num_workers: int = 1
+    first_label: int = 1
+    seed: int = 0
+    max_bad_files: int = 10
+    max_pixels: int = 100_000_000
+    progress_interval: float = 10.0
+
+
+def _check_config(config):
+    if config.train_directory and config.train_tar:
+        raise DataPrepError("give --train_directory or --train_tar, not both")
+    if config.validation_directory and config.validation_tar:
+        raise DataPrepError("give --validation_directory or --validation_tar, not both")
+    if not (config.train_directory or config.train_tar or config.validation_directory or config.validation_tar):
+        raise DataPrepError("nothing to build: give --train_directory/--train_tar and/or "
+                            "--validation_directory/--validation_tar")
+    if config.validation_labels_file and not (config.validation_directory or config.validation_tar):
+        raise DataPrepError("--validation_labels_file needs --validation_directory or --validation_tar")
+    if config.first_label not in (0, 1):
+        raise DataPrepError(f"--first_label must be 1 (labels 1..N, 0 = background, the established "
+                            f"convention) or 0 (labels 0..N-1), not {config.first_label}")
+    for flag, value, minimum in (("--train_shards", config.train_shards, 1),
+                                 ("--validation_shards", config.validation_shards, 1),
+                                 ("--num_workers", config.num_workers, 1),
+                                 ("--max_bad_files", config.max_bad_files, 0),
+                                 ("--max_pixels", config.max_pixels, 1)):
+        if value < minimum:
+            raise DataPrepError(f"{flag} must be at least {minimum}, not {value}")
+
+
+@dataclasses.dataclass
+class _SplitPlan:
+    name: str
+    entries: list          # shuffled ShardEntry list
+    num_shards: int
+
+
+def _class_texts(config, synsets):
+    if not config.imagenet_metadata_file:
+        return {synset: "" for synset in synsets}
+    metadata = inputs.read_metadata(config.imagenet_metadata_file)
+    missing = [synset for synset in synsets if synset not in metadata]
+    if missing:
+        raise DataPrepError(f"--imagenet_metadata_file {config.imagenet_metadata_file} has no line for "
+                            f"{len(missing)} classes (first: {missing[0]}); use the full synset list")
+    return {synset: metadata[synset] for synset in synsets}
+
+
+def _check_known(synsets, labels, what):
+    unknown = [synset for synset in synsets if synset not in labels]
+    if unknown:
+        raise DataPrepError(f"{what} has {len(unknown)} synsets that are not among the classes (first: "
+                            f"{unknown[0]}); fix --labels_file or the input")
+
+
+def _validation_sources(config, labels):
+    """[(synset, ImageSource)] for the validation split."""
+    flag = "--validation_directory" if config.validation_directory else "--validation_tar"
+    if config.validation_directory:
+        layout, listing = inputs.list_validation_directory(config.validation_directory, flag)
+    else:
+        layout, listing = "flat", inputs.list_flat_tar(config.validation_tar, flag)
+    if layout == "classes":
+        if config.validation_labels_file:
+            raise DataPrepError(f"{flag} {config.validation_directory} is already in synset folders; drop "
+                                f"--validation_labels_file (it is for flat validation images)")
+        _check_known(listing, labels, f"{flag} {config.validation_directory}")
+        return [(synset, source) for synset, sources in listing.items() for source in sources]
+    if not config.validation_labels_file:
+        raise DataPrepError(f"{flag} holds flat images: give --validation_labels_file (one synset per line, "
+                            f"in sorted file-name order)")
+    lines = inputs.read_lines(config.validation_labels_file, "--validation_labels_file")
+    if len(lines) != len(listing):
+        raise DataPrepError(f"--validation_labels_file {config.validation_labels_file} has {len(lines):,} "
+                            f"labels but {flag} holds {len(listing):,} images; they must match one to one")
+    for number, synset in lines:
+        if synset not in labels:
+            raise DataPrepError(f"--validation_labels_file {config.validation_labels_file} line {number}: "
+                                f"synset {synset} is not among the classes; fix --labels_file or the labels")
+    return [(synset, source) for (_, synset), source in zip(lines, listing)]
+
+
+def _plan_splits(config, log):
+    train_classes = None
+    if config.train_directory:
+        train_classes = inputs.list_class_folders(config.train_directory, "--train_directory")
+    elif config.train_tar:
+        train_classes = inputs.list_train_tar(config.train_tar, "--train_tar")
+    if config.labels_file:
+        synsets = inputs.read_synsets(config.labels_file, "--labels_file")
+    elif train_classes is not None:
+        synsets = sorted(train_classes)
+    else:
+        raise DataPrepError("give --labels_file: without training images the class list (and so the labels) "
+                            "cannot be derived")
+    labels = {synset: index + config.first_label for index, synset in enumerate(synsets)}
+    texts = _class_texts(config, synsets)
+    boxes = bounding_boxes.read_box_csv(config.bounding_box_file) if config.bounding_box_file else {}
+
+    def entry(synset, source):
+        return shard_plan.ShardEntry(source, labels[synset], synset, texts[synset],
+                                     tuple(boxes.get(source.file_name, ())))
+
+    split_sources = {}
+    if train_classes is not None:
+        _check_known(train_classes, labels, "--train_directory" if config.train_directory else "--train_tar")
+        missing = [synset for synset in synsets if synset not in train_classes]
+        if missing:
+            log.write(f"warning: {len(missing)} classes of --labels_file have no training images "
+                      f"(first: {missing[0]})\n")
+        split_sources["train"] = [(synset, source) for synset in synsets
+                                  for source in train_classes.get(synset, ())]
+    if config.validation_directory or config.validation_tar:
+        split_sources["validation"] = _validation_sources(config, labels)
+
+    plans = []
+    for name, pairs in split_sources.items():
+        num_shards = config.train_shards if name == "train" else config.validation_shards
+        if num_shards > len(pairs):
+            raise DataPrepError(f"--{name}_shards={num_shards} is more than the {len(pairs):,} {name} images; "
+                                f"use at most {len(pairs):,} shards")
+        entries = shard_plan.shuffled([entry(synset, source) for synset, source in pairs], config.seed)
+        plans.append(_SplitPlan(name, entries, num_shards))
+    return synsets, labels, texts, plans
+
+
+class _OutputDirectory:
+    """Creates, locks and tidies the output directory; holds the lock until closed."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            os.makedirs(path, exist_ok=True)
+            self._lock_file = open(os.path.join(path, LOCK_NAME), "a")
+        except OSError as error:
+            raise DataPrepError(f"cannot write --output_directory {path}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise DataPrepError(f"another build is writing to --output_directory {path}; wait for it or use "
+                                f"another folder") from None
+
+    def check_no_foreign_shards(self, plans):
+        counts = {plan.name: plan.num_shards for plan in plans}
+        for name in sorted(os.listdir(self.path)):
+            match = _SHARD_PATTERN.match(name)
+            if match and match.group(1) in counts and int(match.group(3)) != counts[match.group(1)]:
+                raise DataPrepError(
+                    f"--output_directory {self.path} holds {name} from a build with another shard count; "
+                    f"readers would mix them: remove the old {match.group(1)}-* shards or use another folder")
+
+    def remove_incomplete_files(self):
+        for name in os.listdir(self.path):
+            if name.startswith(shard_plan.incomplete_name("")):
+                os.remove(os.path.join(self.path, name))
+
+    def close(self):
+        self._lock_file.close()
+
+
+def _read_previous_summary(path, log):
+    try:
+        with open(path, encoding="utf-8") as summary_file:
+            return json.load(summary_file)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        log.write(f"warning: ignoring unreadable {path} ({error}); every shard will be rebuilt\n")
+        return {}
+
+
+def _write_json_atomically(path, content):
+    temporary = path + ".incomplete"
+    with open(temporary, "w", encoding="utf-8") as json_file:
+        json.dump(content, json_file, indent=1)
+        json_file.flush()
+        os.fsync(json_file.fileno())
+    os.replace(temporary, path)
+
+
+def _make_tasks(config, plans, previous_shards):
+    tasks = []
+    for plan in plans:
+        for index, (start, end) in enumerate(shard_plan.shard_bounds(len(plan.entries), plan.num_shards)):
+            entries = tuple(plan.entries[start:end])
+            digest = shard_plan.plan_digest(plan.name, index, plan.num_shards, entries, config.max_pixels)
+            name = shard_plan.shard_name(plan.name, index, plan.num_shards)
+            previous = previous_shards.get(name)
+            if previous is None or previous.get("plan_digest") != digest:
+                previous = None
+            tasks.append(shard_plan.ShardTask(plan.name, index, plan.num_shards, entries,
+                                              os.path.abspath(config.output_directory), config.max_pixels,
+                                              digest, previous))
+    return tasks
+
+
+def _init_worker():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if sys.platform.startswith("linux"):
+        # Die with the build process: a SIGKILLed build must not leave workers writing shards behind it.
+        import ctypes
+        import signal
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _run_tasks(tasks, num_workers):
+    """Yields ShardResults as shards finish; worker processes when num_workers > 1, else this process."""
+    if num_workers == 1:
+        yield from map(shard_plan.run_shard_task, tasks)
+        return
+    # 'spawn', not 'fork': the caller may have TensorFlow loaded, and forking it is unsafe.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(num_workers, len(tasks)), initializer=_init_worker) as pool:
+        yield from pool.imap_unordered(shard_plan.run_shard_task, tasks, chunksize=1)
+
+
+class _Summary:
+    """build_summary.json, rewritten atomically after every shard so a later run can trust it."""
+
+    def __init__(self, config, synsets, labels, texts, plans, previous):
+        self.path = os.path.join(config.output_directory, SUMMARY_NAME)
+        self.shards = {name: entry for name, entry in previous.get("shards", {}).items()}
+        self._plans = plans
+        self._synsets, self._labels, self._texts = synsets, labels, texts
+        self._settings = {key: value for key, value in dataclasses.asdict(config).items()
+                          if key != "progress_interval"}
+        self._settings["label_range"] = [config.first_label, config.first_label + len(synsets) - 1]
+        self.stage_seconds = collections.defaultdict(float)
+        self.reused = 0
+        self.start = time.monotonic()
+
+    def record(self, result):
+        self.shards[result.name] = result.summary_entry()
+        self.reused += result.reused
+        for stage, seconds in result.stage_seconds.items():
+            self.stage_seconds[stage] += seconds
+
+    def _current_shards(self, plan):
+        names = [shard_plan.shard_name(plan.name, index, plan.num_shards) for index in range(plan.num_shards)]
+        return {name: self.shards[name] for name in names if name in self.shards}
+
+    def bad_file_count(self):
+        return sum(len(entry["skipped"]) for plan in self._plans for entry in self._current_shards(plan).values())
+
+    def content(self, status):
+        splits, skipped_files, converted_files = {}, [], []
+        for plan in self._plans:
+            shards = self._current_shards(plan)
+            skipped_per_class = collections.Counter()
+            for entry in shards.values():
+                for path, synset, reason in entry["skipped"]:
+                    skipped_per_class[synset] += 1
+                    skipped_files.append({"split": plan.name, "path": path, "reason": reason})
+                converted_files.extend({"split": plan.name, "path": path, "conversion": conversion}
+                                       for path, conversion in entry["converted"])
+            planned_per_class = collections.Counter(entry.synset for entry in plan.entries)
+            splits[plan.name] = {
+                "num_shards": plan.num_shards,
+                "shards_done": len(shards),
+                "images_found": len(plan.entries),
+                "images_written": sum(entry["records"] for entry in shards.values()),
+                "images_skipped": sum(skipped_per_class.values()),
+                "classes": {synset: {"label": self._labels[synset], "text": self._texts[synset],
+                                     "images_found": planned_per_class[synset],
+                                     "images_skipped": skipped_per_class[synset]}
+                            for synset in self._synsets if planned_per_class[synset]},
+            }
+        return {
+            "status": status,
+            "settings": self._settings,
+            "splits": splits,
+            "skipped_files": skipped_files,
+            "converted_files": converted_files,
+            "elapsed_seconds": round(time.monotonic() - self.start, 3),
+            "shards_reused_from_earlier_run": self.reused,
+            "worker_seconds_per_stage": {stage: round(seconds, 3)
+                                         for stage, seconds in sorted(self.stage_seconds.items())},
+            "shards": self.shards,
+        }
+
+    def write(self, status):
+        try:
+            _write_json_atomically(self.path, self.content(status))
+        except OSError as error:
+            raise DataPrepError(f"cannot write {self.path}: {error.strerror or error}") from None
+
+
+def build(config, log=None):
+    """Builds the shards described by `config`; returns the summary (also written as build_summary.json)."""
+    log = log or sys.stderr
+    _check_config(config)
+    output = _OutputDirectory(config.output_directory)
+    try:
+        synsets, labels, texts, plans = _plan_splits(config, log)
+        output.check_no_foreign_shards(plans)
+        output.remove_incomplete_files()
+        summary_path = os.path.join(config.output_directory, SUMMARY_NAME)
+        previous = _read_previous_summary(summary_path, log)
+        tasks = _make_tasks(config, plans, previous.get("shards", {}))
+        summary = _Summary(config, synsets, labels, texts, plans, previous)
+        summary.write("in_progress")
+        for plan in plans:
+            log.write(f"{plan.name}: {len(plan.entries):,} images in {len({e.synset for e in plan.entries}):,} "
+                      f"classes → {plan.num_shards:,} shards\n")
+        planned_images = {task.name: len(task.entries) for task in tasks}
+        progress = ProgressReporter("build", sum(planned_images.values()), interval=config.progress_interval,
+                                    stream=log)
+        for result in _run_tasks(tasks, config.num_workers):
+            summary.record(result)
+            if result.reused:
+                progress.exclude(planned_images[result.name])
+            else:
+                for path, _, reason in result.skipped:
+                    log.write(f"warning: skipped {path}: {reason}\n")
+                for path, conversion in result.converted:
+                    log.write(f"note: converted {path} ({conversion})\n")
+            bad_files = summary.bad_file_count()
+            if bad_files > config.max_bad_files:
+                summary.write("failed")
+                raise DataPrepError(f"{bad_files} bad files, more than --max_bad_files={config.max_bad_files}; "
+                                    f"see 'skipped_files' in {summary_path}, fix or remove them (or raise "
+                                    f"--max_bad_files) and run the same command again")
+            summary.write("in_progress")
+            if not result.reused:
+                progress.advance(planned_images[result.name])
+        summary.write("complete")
+        content = summary.content("complete")
+    finally:
+        output.close()
+    log.write(f"done in {format_duration(content['elapsed_seconds'])}: " + ", ".join(
+        f"{name} {split['images_written']:,} images ({split['images_skipped']:,} skipped)"
+        for name, split in content["splits"].items())
+        + (f"; {summary.reused} finished shards reused" if summary.reused else "") + "\n")
+    return content
