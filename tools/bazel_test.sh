@@ -26,6 +26,10 @@ if ! command -v bazel >/dev/null 2>&1; then
         exit 1
     fi
     rm -f "$apt_log"
+    if ! command -v bazel >/dev/null 2>&1; then
+        echo "error: apt-get installed bazel-bootstrap but no \`bazel\` is on PATH ($PATH)" >&2
+        exit 1
+    fi
 fi
 
 # The server otherwise idles for hours after the last command.
