@@ -37,14 +37,17 @@ trap 'bazel shutdown >/dev/null 2>&1 || true' EXIT
 
 # A tool that only looks like Bazel (npm's bazel without its execute bit) prints nothing and exits 0;
 # asking for the test targets first turns that into an error instead of a silent pass.
-test_targets="$(bazel query --noshow_progress 'tests(//...)')"
+if ! test_targets="$(bazel query --noshow_progress 'tests(//...)')"; then
+    echo "error: bazel could not read the BUILD files (its message is above)" >&2
+    exit 1
+fi
 if [[ -z "$test_targets" ]]; then
     echo "error: bazel found no test targets under //... (is \`$(command -v bazel)\` a working Bazel?)" >&2
     exit 1
 fi
 
-sources_in_targets="$(bazel query --noshow_progress 'labels(srcs, //...)' \
-    | sed -n 's|^//\([^:]*\):\(.*\)$|\1/\2|p' | sort)"
+source_labels="$(bazel query --noshow_progress 'labels(srcs, //...)')"
+sources_in_targets="$(echo "$source_labels" | sed -n 's|^//\([^:]*\):\(.*\)$|\1/\2|p' | sort)"
 untargeted="$(comm -23 <(find official data_prep tests -name '*.py' ! -name '__init__.py' | sort) \
     <(echo "$sources_in_targets"))"
 if [[ -n "$untargeted" ]]; then
