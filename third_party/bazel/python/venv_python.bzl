@@ -12,7 +12,10 @@ py_runtime(
     name = "python3",
     interpreter_path = "{python}",
     python_version = "PY3",
-    stub_shebang = "#!{python}",
+    # The second line ties every test's cached result to the pins the virtualenv was built from:
+    # Bazel sees nothing of the interpreter at interpreter_path, so without it a changed
+    # requirements.txt would leave old "(cached) PASSED" results standing.
+    stub_shebang = "#!{python}\\n# requirements.txt hash {requirements_hash}",
 )
 
 py_runtime_pair(
@@ -33,7 +36,8 @@ def _venv_python_impl(repository_ctx):
     if not python.exists:
         fail("no virtualenv interpreter at %s: create it with `source tools/venv.sh` (or run ./run_tests.sh), then rerun bazel" % python)
     repository_ctx.file("WORKSPACE", 'workspace(name = "%s")\n' % repository_ctx.name)
-    repository_ctx.file("BUILD", _BUILD_TEMPLATE.format(python = python))
+    requirements_hash = hash(repository_ctx.read(Label("@//:requirements.txt")))
+    repository_ctx.file("BUILD", _BUILD_TEMPLATE.format(python = python, requirements_hash = requirements_hash))
 
 venv_python = repository_rule(
     implementation = _venv_python_impl,
