@@ -1,0 +1,370 @@
+r"""Trains and evaluates Xception on ImageNet TFRecords with tf.estimator.
+
+    python -m official.xception.imagenet_main --data_dir=/data/imagenet-tfrecords \
+        --model_dir=/checkpoints/xception --batch_size=256
+
+Every hyperparameter is a flag (--helpfull lists them; --flagfile reads them from a file). The defaults
+are the paper's recipe. Re-running the same command resumes from the last checkpoint in --model_dir.
+On several machines, give each the same command plus --worker_hosts and its --task_index (or a
+TF_CONFIG) with --distribution_strategy=multi_worker_mirrored; evaluation then runs in a separate
+process whose TF_CONFIG task type is "evaluator".
+"""
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+import sys
+from typing import Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow as tf
+
+from official.xception import flags_core
+from official.xception import hooks as hooks_lib
+from official.xception import input_pipeline
+from official.xception import model_fn as model_fn_lib
+from official.xception import xception_model
+from official.xception.errors import PipelineError
+
+_NON_FINITE_LOSS = re.compile(r"\[%s\] \[(\d+)\] \[loss\] \[([^\]]+)\]"
+                              % re.escape(model_fn_lib.NON_FINITE_LOSS_TAG))
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where training runs: the strategy (None for one device) and this process's role."""
+
+    strategy: Optional[tf.distribute.Strategy]
+    num_replicas: int
+    num_cpu_devices: int
+    is_chief: bool
+    multi_worker: bool
+
+
+def configure_cluster(worker_hosts, task_index):
+    """Sets TF_CONFIG from --worker_hosts/--task_index (unless given) and returns it as a dict."""
+    if worker_hosts:
+        if "TF_CONFIG" in os.environ:
+            raise PipelineError("both TF_CONFIG and --worker_hosts are set: use one of them")
+        if task_index is None or not 0 <= task_index < len(worker_hosts):
+            raise PipelineError(f"--task_index must be in [0, {len(worker_hosts)}) for "
+                                f"{len(worker_hosts)} --worker_hosts, got {task_index}")
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": list(worker_hosts)},
+                                              "task": {"type": "worker", "index": task_index}})
+    try:
+        return json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except json.JSONDecodeError as error:
+        raise PipelineError(f"TF_CONFIG is not valid JSON ({error})") from None
+
+
+def _is_chief(tf_config):
+    """The chief writes checkpoints and summaries: task "chief", or worker 0 in a cluster without one
+    (RunConfig.is_chief is not reliable for multi-worker Estimators)."""
+    task = tf_config.get("task", {})
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return (task.get("type") == "worker" and task.get("index", 0) == 0
+            and "chief" not in tf_config.get("cluster", {}))
+
+
+def _cross_device_ops(all_reduce_alg, on_gpus):
+    algorithm = all_reduce_alg or ("nccl" if on_gpus else "reduction_to_one_device")
+    if algorithm == "nccl" and not on_gpus:
+        raise PipelineError("--all_reduce_alg=nccl needs GPUs; use reduction_to_one_device on CPU")
+    choices = {
+        "nccl": tf.distribute.NcclAllReduce,
+        "hierarchical_copy": tf.distribute.HierarchicalCopyAllReduce,
+        "reduction_to_one_device": tf.distribute.ReductionToOneDevice,
+    }
+    if algorithm not in choices:
+        raise PipelineError(f"--all_reduce_alg={algorithm} is for multi_worker_mirrored; "
+                            f"--distribution_strategy=mirrored takes one of {sorted(choices)}")
+    return choices[algorithm]()
+
+
+def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf_config):
+    """The distribution strategy for the flags; raises PipelineError for impossible combinations."""
+    visible_gpus = len(tf.config.list_physical_devices("GPU"))
+    if num_gpus < 0:
+        num_gpus = visible_gpus
+    if num_gpus > visible_gpus:
+        raise PipelineError(f"--num_gpus={num_gpus} but this machine has {visible_gpus} visible GPUs")
+    if num_cpu_replicas < 1:
+        raise PipelineError(f"--num_cpu_replicas must be at least 1, got {num_cpu_replicas}")
+    if num_gpus and num_cpu_replicas > 1:
+        raise PipelineError("--num_cpu_replicas is for machines without GPUs: pass --num_gpus=0")
+    devices = ([f"/gpu:{i}" for i in range(num_gpus)] if num_gpus
+               else [f"/cpu:{i}" for i in range(num_cpu_replicas)])
+    task_type = tf_config.get("task", {}).get("type")
+    is_chief = _is_chief(tf_config)
+
+    if strategy_name == "multi_worker_mirrored" or tf_config.get("cluster"):
+        if strategy_name != "multi_worker_mirrored":
+            raise PipelineError("TF_CONFIG/--worker_hosts describe a cluster: pass "
+                                "--distribution_strategy=multi_worker_mirrored")
+        if not tf_config.get("cluster"):
+            raise PipelineError("--distribution_strategy=multi_worker_mirrored needs TF_CONFIG or "
+                                "--worker_hosts and --task_index")
+        if task_type == "evaluator":
+            # The evaluator reads the chief's checkpoints and trains nothing.
+            return Placement(None, 1, 1, False, True)
+        implementation = {
+            None: tf.distribute.experimental.CommunicationImplementation.AUTO,
+            "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+            "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+            "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+        }
+        if all_reduce_alg not in implementation:
+            raise PipelineError(f"--all_reduce_alg={all_reduce_alg} is for mirrored; "
+                                "multi_worker_mirrored takes ring, nccl or auto")
+        strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                implementation=implementation[all_reduce_alg]))
+        return Placement(strategy, strategy.num_replicas_in_sync, 1, is_chief, True)
+
+    if strategy_name == "off" or (strategy_name == "mirrored" and len(devices) == 1):
+        if len(devices) > 1:
+            raise PipelineError("--distribution_strategy=off runs on one device: pass --num_gpus=1 "
+                                "(or 0) and --num_cpu_replicas=1, or use mirrored")
+        return Placement(None, 1, 1, True, False)
+    if strategy_name == "one_device":
+        return Placement(tf.distribute.OneDeviceStrategy(devices[0]), 1, 1, True, False)
+    strategy = tf.distribute.MirroredStrategy(
+        devices=devices, cross_device_ops=_cross_device_ops(all_reduce_alg, bool(num_gpus)))
+    return Placement(strategy, len(devices), 1 if num_gpus else num_cpu_replicas, True, False)
+
+
+def per_replica_batch_size(global_batch_size, num_replicas):
+    if global_batch_size < 1 or global_batch_size % num_replicas:
+        raise PipelineError(f"--batch_size={global_batch_size} is the global batch and must divide "
+                            f"evenly by the {num_replicas} replicas: use a multiple of {num_replicas}")
+    return global_batch_size // num_replicas
+
+
+def training_cycle_ends(total_steps, steps_per_epoch, epochs_between_evals):
+    """Global steps after which training pauses for an evaluation; the last one is total_steps."""
+    if epochs_between_evals <= 0:
+        raise PipelineError(f"--epochs_between_evals must be positive, got {epochs_between_evals}")
+    cycle_steps = max(1, math.ceil(epochs_between_evals * steps_per_epoch))
+    return list(range(cycle_steps, total_steps, cycle_steps)) + [total_steps]
+
+
+def _default_data_format():
+    return "channels_first" if tf.config.list_physical_devices("GPU") else "channels_last"
+
+
+def make_model_config(flags_obj, global_batch_size):
+    compute_dtype = flags_core.DTYPES[flags_obj.dtype]
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if compute_dtype == "float16" and not has_gpu:
+        raise PipelineError("--dtype=fp16 needs a GPU (CPU kernels lack float16 convolutions); "
+                            "use --dtype=bf16 on CPU")
+    if flags_obj.loss_scale is not None and compute_dtype != "float16":
+        raise PipelineError("--loss_scale applies to --dtype=fp16 only")
+    loss_scale = flags_obj.loss_scale or "dynamic"
+    if loss_scale != "dynamic":
+        try:
+            loss_scale = float(loss_scale)
+        except ValueError:
+            raise PipelineError(f"--loss_scale must be 'dynamic' or a number, got {loss_scale!r}") \
+                from None
+    try:
+        boundaries = tuple(float(epoch) for epoch in flags_obj.lr_boundary_epochs)
+    except ValueError:
+        raise PipelineError(f"--lr_boundary_epochs must be numbers, got "
+                            f"{flags_obj.lr_boundary_epochs}") from None
+    xception_model.check_image_size(flags_obj.image_size)
+    data_format = flags_obj.data_format or _default_data_format()
+    xception_model.check_data_format_supported(data_format)
+    if flags_obj.train_examples < 1:
+        raise PipelineError(f"--train_examples must be positive, got {flags_obj.train_examples}")
+    learning_rate = model_fn_lib.LearningRateConfig(
+        steps_per_epoch=flags_obj.train_examples / global_batch_size,
+        global_batch_size=global_batch_size,
+        base_learning_rate=flags_obj.base_learning_rate,
+        base_batch_size=flags_obj.base_batch_size,
+        schedule=flags_obj.learning_rate_schedule,
+        decay_rate=flags_obj.lr_decay_rate,
+        decay_epochs=flags_obj.lr_decay_epochs,
+        boundary_epochs=boundaries,
+        boundary_decay=flags_obj.lr_boundary_decay,
+        total_epochs=flags_obj.train_epochs,
+        warmup_epochs=flags_obj.warmup_epochs)
+    checkpoint = flags_obj.pretrained_model_checkpoint_path
+    if checkpoint:
+        model_fn_lib.resolve_checkpoint(checkpoint, "--pretrained_model_checkpoint_path")
+    return model_fn_lib.ModelConfig(
+        learning_rate=learning_rate,
+        num_classes=flags_obj.num_classes,
+        image_size=flags_obj.image_size,
+        data_format=data_format,
+        compute_dtype=compute_dtype,
+        dropout_rate=flags_obj.dropout_rate,
+        label_smoothing=flags_obj.label_smoothing,
+        weight_decay=flags_obj.weight_decay,
+        decay_biases=flags_obj.decay_biases,
+        optimizer=flags_obj.optimizer,
+        momentum=flags_obj.momentum,
+        moving_average_decay=flags_obj.moving_average_decay,
+        loss_scale=loss_scale,
+        fine_tune=flags_obj.fine_tune,
+        warm_start_checkpoint=checkpoint)
+
+
+def make_run_config(flags_obj, placement):
+    session_config = tf.compat.v1.ConfigProto(
+        allow_soft_placement=True,
+        inter_op_parallelism_threads=flags_obj.inter_op_parallelism_threads,
+        intra_op_parallelism_threads=flags_obj.intra_op_parallelism_threads)
+    if placement.num_cpu_devices > 1:
+        # Without it, MirroredStrategy over /cpu:1 hangs at the first step with no error.
+        session_config.device_count["CPU"] = placement.num_cpu_devices
+    if flags_obj.enable_xla:
+        if not tf.config.list_physical_devices("GPU"):
+            logging.warning("--enable_xla on CPU: expect it to be several times slower")
+        session_config.graph_options.optimizer_options.global_jit_level = (
+            tf.compat.v1.OptimizerOptions.ON_1)
+    checkpoint_every = ({"save_checkpoints_steps": flags_obj.save_checkpoints_steps}
+                        if flags_obj.save_checkpoints_steps else {"save_checkpoints_secs": 600})
+    return tf.estimator.RunConfig(
+        model_dir=flags_obj.model_dir,
+        tf_random_seed=flags_obj.seed,
+        session_config=session_config,
+        keep_checkpoint_max=flags_obj.keep_checkpoint_max,
+        log_step_count_steps=flags_obj.log_steps,
+        save_summary_steps=flags_obj.log_steps,
+        train_distribute=placement.strategy,
+        **checkpoint_every)
+
+
+def make_input_fns(flags_obj, model_config, batch_size):
+    """(train input_fn, eval input_fn, eval steps or None for the whole validation set)."""
+    dtype = tf.as_dtype(model_config.compute_dtype)
+    if flags_obj.use_synthetic_data:
+        synthetic = functools.partial(
+            input_pipeline.synthetic_input_fn, batch_size=batch_size,
+            image_size=model_config.image_size, num_classes=model_config.num_classes, dtype=dtype)
+        return (functools.partial(synthetic, True), functools.partial(synthetic, False),
+                math.ceil(flags_obj.eval_examples / batch_size))
+    if not flags_obj.data_dir:
+        raise PipelineError("--data_dir is required (or --use_synthetic_data)")
+    for is_training in (True, False):
+        # Fails now, with a one-line message, rather than after the graph is built.
+        input_pipeline.list_input_files(flags_obj.data_dir, is_training)
+    common = dict(data_dir=flags_obj.data_dir, batch_size=batch_size,
+                  image_size=model_config.image_size, num_classes=model_config.num_classes,
+                  label_offset=flags_obj.label_offset, dtype=dtype,
+                  datasets_num_private_threads=flags_obj.datasets_num_private_threads)
+    train = functools.partial(input_pipeline.input_fn, True, shuffle_buffer=flags_obj.shuffle_buffer,
+                              seed=flags_obj.seed, **common)
+    evaluate = functools.partial(input_pipeline.input_fn, False, **common)
+    return train, evaluate, None
+
+
+@contextlib.contextmanager
+def explained_run_errors(model_dir):
+    """Turns the failures of known data and loss checks during a session run into PipelineError."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        data_message = input_pipeline.data_error_message(error)
+        if data_message:
+            raise PipelineError(f"bad record in --data_dir: {data_message}") from None
+        match = _NON_FINITE_LOSS.search(error.message)
+        if not match:
+            raise
+        latest = tf.train.latest_checkpoint(model_dir)
+        raise PipelineError(
+            f"training stopped: the loss is {match.group(2)} at global step {match.group(1)}; "
+            f"the last good checkpoint ({latest or 'none yet'}) is kept in --model_dir={model_dir}: "
+            "lower --base_learning_rate (or add --warmup_epochs) and re-run to resume") from None
+
+
+def _log_evaluation(results, expected_examples, counted_examples_exact):
+    logging.info("Evaluation at step %d: top-1 %.4f, top-5 %.4f, cross-entropy %.4f over %d examples",
+                 results["global_step"], results[model_fn_lib.TOP_1_KEY],
+                 results[model_fn_lib.TOP_5_KEY], results[model_fn_lib.EVAL_CROSS_ENTROPY_KEY],
+                 results[model_fn_lib.EVAL_EXAMPLES_KEY])
+    if counted_examples_exact and results[model_fn_lib.EVAL_EXAMPLES_KEY] != expected_examples:
+        logging.warning("Evaluated %d examples but --eval_examples=%d: is --data_dir the full "
+                        "validation set?", results[model_fn_lib.EVAL_EXAMPLES_KEY], expected_examples)
+
+
+def run(flags_obj, model_builder=None):
+    """Trains and/or evaluates as the flags say; returns the last evaluation's results (or {})."""
+    if not flags_obj.model_dir:
+        raise PipelineError("--model_dir is required (checkpoints and summaries go there)")
+    tf_config = configure_cluster(flags_obj.worker_hosts, flags_obj.task_index)
+    placement = make_placement(flags_obj.distribution_strategy, flags_obj.num_gpus,
+                               flags_obj.num_cpu_replicas, flags_obj.all_reduce_alg, tf_config)
+    global_batch = flags_obj.batch_size
+    batch_size = per_replica_batch_size(global_batch, placement.num_replicas)
+    model_config = make_model_config(flags_obj, global_batch)
+    train_input_fn, eval_input_fn, eval_steps = make_input_fns(flags_obj, model_config, batch_size)
+    steps_per_epoch = model_config.learning_rate.steps_per_epoch
+    total_steps = math.ceil(flags_obj.train_epochs * steps_per_epoch)
+    if flags_obj.max_train_steps is not None:
+        total_steps = min(total_steps, flags_obj.max_train_steps)
+    train_hooks = hooks_lib.get_train_hooks(
+        flags_obj.hooks, global_batch_size=global_batch, max_steps=total_steps,
+        model_dir=flags_obj.model_dir, every_n_steps=flags_obj.log_steps,
+        is_chief=placement.is_chief)
+    logging.info("Global batch %d = %d replicas x %d; learning rate %.5g (%.5g for a batch of %d); "
+                 "%.1f steps per epoch, %d steps in all", global_batch, placement.num_replicas,
+                 batch_size, model_config.learning_rate.scaled_learning_rate,
+                 flags_obj.base_learning_rate, flags_obj.base_batch_size, steps_per_epoch, total_steps)
+
+    estimator = tf.estimator.Estimator(
+        model_fn=model_fn_lib.model_fn, config=make_run_config(flags_obj, placement),
+        params={"model_config": model_config, "model_builder": model_builder})
+    count_is_exact = eval_steps is None
+
+    with explained_run_errors(flags_obj.model_dir):
+        if flags_obj.eval_only:
+            if tf.train.latest_checkpoint(flags_obj.model_dir) is None:
+                raise PipelineError(f"--eval_only: --model_dir={flags_obj.model_dir} holds no "
+                                    "checkpoint; train first or convert Keras weights into it")
+            results = estimator.evaluate(eval_input_fn, steps=eval_steps)
+            _log_evaluation(results, flags_obj.eval_examples, count_is_exact)
+            return results
+
+        if placement.multi_worker:
+            tf.estimator.train_and_evaluate(
+                estimator,
+                tf.estimator.TrainSpec(train_input_fn, max_steps=total_steps, hooks=train_hooks),
+                tf.estimator.EvalSpec(eval_input_fn, steps=eval_steps, throttle_secs=600))
+            return {}
+
+        results = {}
+        for cycle_end in training_cycle_ends(total_steps, steps_per_epoch,
+                                             flags_obj.epochs_between_evals):
+            estimator.train(train_input_fn, max_steps=cycle_end, hooks=train_hooks)
+            results = estimator.evaluate(eval_input_fn, steps=eval_steps)
+            _log_evaluation(results, flags_obj.eval_examples, count_is_exact)
+            if (flags_obj.stop_threshold is not None
+                    and results[model_fn_lib.TOP_1_KEY] >= flags_obj.stop_threshold):
+                logging.info("Top-1 %.4f reached --stop_threshold=%g: stopping",
+                             results[model_fn_lib.TOP_1_KEY], flags_obj.stop_threshold)
+                break
+        return results
+
+
+def main(_):
+    try:
+        run(flags.FLAGS)
+    except PipelineError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    flags_core.define_all()
+    logging.set_verbosity(logging.INFO)
+    app.run(main)
