@@ -239,7 +239,6 @@ def _make_tasks(config, plans, previous_shards):
 
 
 def _init_worker():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if sys.platform.startswith("linux"):
         # Die with the build process: a SIGKILLed build must not leave workers writing shards behind it.
         import ctypes

@@ -4,7 +4,9 @@ TFRecord file under a temporary name and renames it when complete. Runs in worke
 import hashlib
 import os
 
-import tensorflow as tf
+# Every bad image gets our own one-line warning; TensorFlow's C++ error log would repeat it noisily.
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf  # noqa: E402 (must follow the log level)
 
 from data_prep.errors import DataPrepError
 from data_prep.image_coding import BadImageError, prepare_image
