@@ -171,9 +171,11 @@ def preprocess_for_train(image_bytes, bboxes, image_size, augmentation=Augmentat
         return offset[:2], size[:2]
 
     image = _decode_window(image_bytes, sample_window)
-    image = _resize(image, image_size)
     if augmentation.random_flip:
+        # Flipping commutes with the resize (its sampling grid is symmetric); the uint8 crop is a
+        # quarter of the bytes of the float output, so flip it first.
         image = tf.image.random_flip_left_right(image)
+    image = _resize(image, image_size)
     if augmentation.color_distortion:
         image = _distort_color(image / 255.0) * 255.0
     return _scale_to_range(image, dtype)
