@@ -8,10 +8,13 @@ import collections
 import csv
 import dataclasses
 import os
+import sys
 import tarfile
+import time
 import xml.etree.ElementTree as ElementTree
 
 from data_prep.errors import DataPrepError
+from data_prep.progress import format_duration
 
 
 @dataclasses.dataclass
@@ -180,3 +183,44 @@ def read_box_csv(path):
         raise DataPrepError(f"--bounding_box_file {path} is not UTF-8 text; expected the CSV written by "
                             f"data_prep.process_bounding_boxes") from None
     return dict(boxes)
+
+
+# The archive's member count is unknown while streaming, so progress reports counts and rate only.
+_PROGRESS_EVERY_FILES = 50000
+
+
+def write_csv(output_file, directory=None, tar_path=None, log=None):
+    """Writes the CSV atomically (temporary name, then rename) and returns the BoxStats."""
+    log = log or sys.stderr
+    annotation_files = iter_annotation_files(directory=directory, tar_path=tar_path)
+    output_dir = os.path.dirname(os.path.abspath(output_file))
+    if not os.path.isdir(output_dir):
+        raise DataPrepError(f"--output_file {output_file}: folder {output_dir} does not exist")
+    temporary = output_file + ".incomplete"
+    start = time.monotonic()
+    files_read = 0
+
+    def on_file(path, reason):
+        nonlocal files_read
+        if reason:
+            log.write(f"warning: skipped {path}: {reason}\n")
+        files_read += 1
+        if files_read % _PROGRESS_EVERY_FILES == 0:
+            elapsed = time.monotonic() - start
+            log.write(f"bounding boxes: {files_read:,} XML files read, {files_read / elapsed:,.0f} files/s, "
+                      f"{format_duration(elapsed)} elapsed\n")
+
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="") as csv_stream:
+            stats = convert_annotations(annotation_files, csv_stream, on_file=on_file)
+        os.replace(temporary, output_file)
+    except OSError as error:
+        raise DataPrepError(f"cannot write --output_file {output_file}: {error.strerror or error}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    if stats.xml_files == 0:
+        os.remove(output_file)
+        raise DataPrepError(f"no .xml files found in {directory or tar_path}; is this the bounding-box "
+                            f"annotation folder or archive?")
+    return stats

@@ -98,7 +98,7 @@ def prepare_image(data, max_pixels, stage_times=None):
         raise BadImageError("empty file")
     if data.startswith(JPEG_MAGIC):
         with stage_times.stage("verify"):
-            image = _open(data, ("JPEG", "MPO"))
+            image = _open(data, ("JPEG",))  # also opens MPO (multi-picture) JPEGs
             _check_size(image, max_pixels)
             if image.mode == "RGB":
                 _verify_jpeg(data, image.height, image.width)

@@ -1,11 +1,13 @@
 """Small raw ImageNet-like trees for the data_prep tests, with every quirk the builder must handle."""
 
 import dataclasses
+import glob
 import io
 import os
 import tarfile
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
 SYNSETS = ("n01000001", "n01000002", "n01000003")
@@ -177,3 +179,45 @@ def make_flat_tar(directory, tar_path):
         for name in sorted(os.listdir(directory), reverse=True):  # archive order must not matter
             with open(os.path.join(directory, name), "rb") as image_file:
                 _add_bytes(archive, name, image_file.read())
+
+
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/format": tf.io.FixedLenFeature([], tf.string),
+    "image/colorspace": tf.io.FixedLenFeature([], tf.string),
+    "image/channels": tf.io.FixedLenFeature([], tf.int64),
+    "image/height": tf.io.FixedLenFeature([], tf.int64),
+    "image/width": tf.io.FixedLenFeature([], tf.int64),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/class/synset": tf.io.FixedLenFeature([], tf.string),
+    "image/class/text": tf.io.FixedLenFeature([], tf.string),
+    "image/filename": tf.io.FixedLenFeature([], tf.string),
+    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
+    "image/object/bbox/label": tf.io.VarLenFeature(tf.int64),
+}
+
+
+def read_shards(directory, split):
+    """[[record dict, ...] per shard] in shard order, parsed by TensorFlow."""
+    shards = []
+    for path in sorted(glob.glob(os.path.join(directory, f"{split}-*"))):
+        records = []
+        for serialized in tf.data.TFRecordDataset(path):
+            parsed = tf.io.parse_single_example(serialized, FEATURES)
+            record = {key: (tf.sparse.to_dense(value).numpy().tolist() if isinstance(value, tf.SparseTensor)
+                            else value.numpy()) for key, value in parsed.items()}
+            records.append(record)
+        shards.append(records)
+    return shards
+
+
+def shard_bytes(directory):
+    """{shard name: bytes} for every train and validation shard in `directory`."""
+    result = {}
+    for path in sorted(glob.glob(os.path.join(directory, "train-*")) + glob.glob(os.path.join(directory, "validation-*"))):
+        with open(path, "rb") as shard:
+            result[os.path.basename(path)] = shard.read()
+    return result

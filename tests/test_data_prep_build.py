@@ -1,7 +1,6 @@
 """data_prep.build_imagenet_data: schema, conversions, bad files, shuffling, determinism, tar input,
 kill-and-resume, and the one-line errors. TensorFlow's own reader and decoder are the oracle."""
 
-import glob
 import io
 import json
 import os
@@ -21,47 +20,6 @@ from tests import data_prep_fixtures as fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SHARDS, VALIDATION_SHARDS = 3, 2
-
-FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/format": tf.io.FixedLenFeature([], tf.string),
-    "image/colorspace": tf.io.FixedLenFeature([], tf.string),
-    "image/channels": tf.io.FixedLenFeature([], tf.int64),
-    "image/height": tf.io.FixedLenFeature([], tf.int64),
-    "image/width": tf.io.FixedLenFeature([], tf.int64),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    "image/class/synset": tf.io.FixedLenFeature([], tf.string),
-    "image/class/text": tf.io.FixedLenFeature([], tf.string),
-    "image/filename": tf.io.FixedLenFeature([], tf.string),
-    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/label": tf.io.VarLenFeature(tf.int64),
-}
-
-
-def read_shards(directory, split):
-    """[[record dict, ...] per shard] in shard order, parsed by TensorFlow."""
-    shards = []
-    for path in sorted(glob.glob(os.path.join(directory, f"{split}-*"))):
-        records = []
-        for serialized in tf.data.TFRecordDataset(path):
-            parsed = tf.io.parse_single_example(serialized, FEATURES)
-            record = {key: (tf.sparse.to_dense(value).numpy().tolist() if isinstance(value, tf.SparseTensor)
-                            else value.numpy()) for key, value in parsed.items()}
-            records.append(record)
-        shards.append(records)
-    return shards
-
-
-def shard_bytes(directory):
-    result = {}
-    for path in sorted(glob.glob(os.path.join(directory, "train-*")) + glob.glob(os.path.join(directory, "validation-*"))):
-        with open(path, "rb") as shard:
-            result[os.path.basename(path)] = shard.read()
-    return result
-
 
 def config_for(tree, output_directory, **overrides):
     settings = dict(output_directory=output_directory, train_directory=tree.train_directory,
@@ -90,7 +48,7 @@ def reference(tree, tmp_path_factory):
 def test_every_good_image_appears_once_with_its_label_synset_text_boxes_and_shape(tree, reference):
     output_directory, _, _ = reference
     for split, expected_images in (("train", tree.good_train), ("validation", tree.good_validation)):
-        records = [record for shard in read_shards(output_directory, split) for record in shard]
+        records = [record for shard in fixtures.read_shards(output_directory, split) for record in shard]
         by_name = {record["image/filename"].decode(): record for record in records}
         assert len(records) == len(by_name) == len(expected_images), split
         assert set(by_name) == set(expected_images)
@@ -114,7 +72,7 @@ def test_every_good_image_appears_once_with_its_label_synset_text_boxes_and_shap
 def test_rgb_jpegs_are_stored_byte_for_byte_and_conversions_keep_the_pixels(tree, reference):
     output_directory, summary, _ = reference
     records = {record["image/filename"].decode(): record
-               for shard in read_shards(output_directory, "train") for record in shard}
+               for shard in fixtures.read_shards(output_directory, "train") for record in shard}
     conversions = {os.path.basename(item["path"]): item["conversion"] for item in summary["converted_files"]}
     assert conversions == {"n01000001_png.JPEG": "PNG to JPEG", "n01000002_cmyk.JPEG": "CMYK JPEG to RGB JPEG",
                            "n01000002_gray.JPEG": "grayscale JPEG to RGB JPEG"}
@@ -154,11 +112,11 @@ def test_bad_files_are_skipped_listed_with_reasons_and_warned_once(tree, referen
 
 def test_shards_are_shuffled_across_classes_and_balanced(reference):
     output_directory, summary, _ = reference
-    train_shards = read_shards(output_directory, "train")
+    train_shards = fixtures.read_shards(output_directory, "train")
     labels = [record["image/class/label"] for shard in train_shards for record in shard]
     changes = sum(a != b for a, b in zip(labels, labels[1:]))
     assert changes >= len(labels) // 3, labels  # class-sorted order would change label only twice
-    validation_sizes = [len(shard) for shard in read_shards(output_directory, "validation")]
+    validation_sizes = [len(shard) for shard in fixtures.read_shards(output_directory, "validation")]
     assert sorted(validation_sizes) == [4, 5]
     # Planned sizes (written + skipped) differ by at most one; a skipped bad file shortens its own shard.
     planned = [entry["records"] + len(entry["skipped"]) for name, entry in sorted(summary["shards"].items())
@@ -173,7 +131,7 @@ def test_first_label_zero_follows_the_labels_file_order(tree, tmp_path):
         output_directory=str(tmp_path / "out"), validation_directory=tree.validation_directory,
         validation_labels_file=tree.validation_labels_file, labels_file=str(labels_file), validation_shards=1,
         first_label=0), log=io.StringIO())
-    records = read_shards(str(tmp_path / "out"), "validation")[0]
+    records = fixtures.read_shards(str(tmp_path / "out"), "validation")[0]
     for record in records:
         synset = record["image/class/synset"].decode()
         assert record["image/class/label"] == 2 - fixtures.SYNSETS.index(synset)
@@ -183,7 +141,7 @@ def test_first_label_zero_follows_the_labels_file_order(tree, tmp_path):
 
 def test_two_worker_processes_write_the_same_bytes_as_one(tree, reference, tmp_path):
     summary = builder.build(config_for(tree, str(tmp_path), num_workers=2), log=io.StringIO())
-    assert shard_bytes(str(tmp_path)) == shard_bytes(reference[0])
+    assert fixtures.shard_bytes(str(tmp_path)) == fixtures.shard_bytes(reference[0])
     assert summary["splits"] == reference[1]["splits"]
 
 
@@ -193,7 +151,7 @@ def test_original_tar_input_gives_the_same_shards_as_folders(tree, reference, tm
     summary = builder.build(config_for(tree, str(tmp_path / "out"), train_directory=None,
                                        train_tar=str(tmp_path / "train.tar"), validation_directory=None,
                                        validation_tar=str(tmp_path / "val.tar")), log=io.StringIO())
-    assert shard_bytes(str(tmp_path / "out")) == shard_bytes(reference[0])
+    assert fixtures.shard_bytes(str(tmp_path / "out")) == fixtures.shard_bytes(reference[0])
     assert {os.path.basename(item["path"].split(":")[-1]) for item in summary["skipped_files"]} == set(
         tree.bad_train)
 
@@ -215,7 +173,7 @@ def test_killed_build_leaves_only_complete_shards_and_resuming_equals_an_uninter
     many_shards = 26  # one image per shard: many chances to be killed between and inside shards
     uninterrupted = str(tmp_path / "uninterrupted")
     builder.build(config_for(tree, uninterrupted, train_shards=many_shards), log=io.StringIO())
-    expected = shard_bytes(uninterrupted)
+    expected = fixtures.shard_bytes(uninterrupted)
 
     resumed = str(tmp_path / "resumed")
     summary_path = os.path.join(resumed, builder.SUMMARY_NAME)
@@ -233,7 +191,7 @@ def test_killed_build_leaves_only_complete_shards_and_resuming_equals_an_uninter
         time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    finished = shard_bytes(resumed)
+    finished = fixtures.shard_bytes(resumed)
     vouched_for = shards_in_summary()
     assert 0 < len(vouched_for) <= len(finished) < len(expected), "the build must be killed part-way"
     for name, content in finished.items():
@@ -242,7 +200,7 @@ def test_killed_build_leaves_only_complete_shards_and_resuming_equals_an_uninter
     process = _run_cli(_cli_arguments(tree, resumed, many_shards))
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
-    assert shard_bytes(resumed) == expected
+    assert fixtures.shard_bytes(resumed) == expected
     assert not [name for name in os.listdir(resumed) if name.startswith(".incomplete")]
     with open(os.path.join(resumed, builder.SUMMARY_NAME)) as summary_file:
         summary = json.load(summary_file)
@@ -262,7 +220,7 @@ def test_rerun_verifies_finished_shards_against_the_summary(tree, reference, tmp
         shard.write(bytes([original[0] ^ 0xFF]))
     os.remove(os.path.join(output_directory, "validation-00000-of-00002"))
     summary = builder.build(config_for(tree, output_directory), log=io.StringIO())
-    assert shard_bytes(output_directory) == shard_bytes(reference[0])
+    assert fixtures.shard_bytes(output_directory) == fixtures.shard_bytes(reference[0])
     assert summary["shards_reused_from_earlier_run"] == TRAIN_SHARDS + VALIDATION_SHARDS - 2
     assert summary["splits"] == reference[1]["splits"]
 

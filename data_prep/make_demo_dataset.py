@@ -1,0 +1,43 @@
+"""Writes a small learnable raw dataset in the original ImageNet layout (see data_prep/demo_dataset.py):
+
+    DIR/train/<synset>/<synset>_<i>.JPEG    DIR/val/ILSVRC2012_val_%08d.JPEG    DIR/val_labels.txt
+    DIR/synsets.txt    DIR/metadata.txt    DIR/bboxes/<synset>/<synset>_<i>.xml
+
+    python -m data_prep.make_demo_dataset --output_dir=/tmp/demo_raw
+"""
+
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from data_prep import demo_dataset
+from data_prep.errors import DataPrepError
+
+flags.DEFINE_string("output_dir", None, "Where to write the dataset.")
+flags.DEFINE_integer("num_classes", 5, "Number of classes (each a distinct shape/colour/texture).")
+flags.DEFINE_integer("train_per_class", 60, "Training images per class.")
+flags.DEFINE_integer("val_per_class", 20, "Validation images per class.")
+flags.DEFINE_integer("image_size", 96, "Side of the square images in pixels.")
+flags.DEFINE_integer("seed", 0, "Random seed; the same flags give the same bytes.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.output_dir:
+        raise app.UsageError("--output_dir is required")
+    start = time.monotonic()
+    try:
+        classes = demo_dataset.make_demo_dataset(FLAGS.output_dir, FLAGS.num_classes, FLAGS.train_per_class,
+                                                 FLAGS.val_per_class, FLAGS.image_size, FLAGS.seed)
+    except DataPrepError as error:
+        sys.exit(f"error: {error}")
+    sys.stderr.write(f"wrote {len(classes)} classes × ({FLAGS.train_per_class} train + {FLAGS.val_per_class} val) "
+                     f"images of {FLAGS.image_size}² to {FLAGS.output_dir} in {time.monotonic() - start:.1f}s\n")
+
+
+if __name__ == "__main__":
+    app.run(main)
