@@ -22,106 +22,141 @@ DISTRIBUTION_STRATEGIES = ("off", "one_device", "mirrored", "multi_worker_mirror
 ALL_REDUCE_ALGORITHMS = ("nccl", "hierarchical_copy", "reduction_to_one_device", "ring", "auto")
 
 
-def define_base():
+def define_base(flag_values=flags.FLAGS):
     flags.DEFINE_string("data_dir", None, "Directory of the TFRecord shards (train-*-of-*, "
-                        "validation-*-of-*) written by data_prep.")
+                        "validation-*-of-*) written by data_prep.", flag_values=flag_values)
     flags.DEFINE_string("model_dir", None, "Directory for checkpoints and summaries; re-running "
-                        "with the same directory resumes training from its last checkpoint.")
+                        "with the same directory resumes training from its last checkpoint.",
+                        flag_values=flag_values)
     flags.DEFINE_integer("batch_size", 256, "GLOBAL batch size: summed over all replicas of all "
-                         "workers; must divide evenly by the number of replicas.")
-    flags.DEFINE_float("train_epochs", 100, "Epochs to train (of --train_examples images).")
-    flags.DEFINE_float("epochs_between_evals", 1, "Epochs of training between evaluations.")
+                         "workers; must divide evenly by the number of replicas.",
+                         flag_values=flag_values)
+    flags.DEFINE_float("train_epochs", 100, "Epochs to train (of --train_examples images).",
+                       flag_values=flag_values)
+    flags.DEFINE_float("epochs_between_evals", 1, "Epochs of training between evaluations.",
+                       flag_values=flag_values)
     flags.DEFINE_integer("max_train_steps", None, "Stop after this global step even if "
-                         "--train_epochs is not reached.")
+                         "--train_epochs is not reached.", flag_values=flag_values)
     flags.DEFINE_float("stop_threshold", None, "Stop once evaluation top-1 accuracy (a fraction, "
-                       "e.g. 0.79) reaches this value.")
-    flags.DEFINE_boolean("eval_only", False, "Only evaluate the last checkpoint in --model_dir.")
+                       "e.g. 0.79) reaches this value.", flag_values=flag_values)
+    flags.DEFINE_boolean("eval_only", False, "Only evaluate the last checkpoint in --model_dir.",
+                         flag_values=flag_values)
     flags.DEFINE_list("hooks", ["LoggingTensorHook"], "Training hooks, comma-separated, from: "
-                      + ", ".join(hooks.HOOK_NAMES) + " (case-insensitive).")
+                      + ", ".join(hooks.HOOK_NAMES) + " (case-insensitive).",
+                      flag_values=flag_values)
     flags.DEFINE_integer("log_steps", 100, "Steps between progress lines, examples/sec summaries "
-                         "and profiles.")
+                         "and profiles.", flag_values=flag_values)
     flags.DEFINE_integer("save_checkpoints_steps", None, "Save a checkpoint every this many steps "
-                         "(default: every 10 minutes, and always at the end of each training cycle).")
-    flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept in --model_dir.")
-    flags.DEFINE_integer("train_examples", IMAGENET_TRAIN_EXAMPLES, "Images in one training epoch.")
+                         "(default: every 10 minutes, and always at the end of each training cycle).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept in --model_dir.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("train_examples", IMAGENET_TRAIN_EXAMPLES, "Images in one training epoch.",
+                         flag_values=flag_values)
     flags.DEFINE_integer("eval_examples", IMAGENET_EVAL_EXAMPLES, "Images in the validation set; "
-                         "evaluation warns when it counts a different number.")
-    flags.DEFINE_integer("shuffle_buffer", 10000, "Records in the training shuffle buffer.")
-    flags.DEFINE_integer("seed", None, "Seed for initialization and the order of training records.")
+                         "evaluation warns when it counts a different number.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("shuffle_buffer", 10000, "Records in the training shuffle buffer.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("seed", None, "Seed for initialization and the order of training records.",
+                         flag_values=flag_values)
 
 
-def define_model():
-    flags.DEFINE_integer("image_size", 299, "Square input side in pixels (at least 71).")
+def define_model(flag_values=flags.FLAGS):
+    flags.DEFINE_integer("image_size", 299, "Square input side in pixels (at least 71).",
+                         flag_values=flag_values)
     flags.DEFINE_integer("num_classes", 1000, "Logits of the classifier: 1000 with --label_offset=1 "
-                         "for the established 1..1000 labels, or 1001 with --label_offset=0.")
-    flags.DEFINE_integer("label_offset", 1, "Subtracted from each record's image/class/label.")
-    flags.DEFINE_float("dropout_rate", 0.5, "Dropout before the classifier during training.")
-    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy (e.g. 0.1).")
+                         "for the established 1..1000 labels, or 1001 with --label_offset=0.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("label_offset", 1, "Subtracted from each record's image/class/label.",
+                         flag_values=flag_values)
+    flags.DEFINE_float("dropout_rate", 0.5, "Dropout before the classifier during training.",
+                       flag_values=flag_values)
+    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy (e.g. 0.1).",
+                       flag_values=flag_values)
     flags.DEFINE_float("weight_decay", 1e-5, "L2 weight decay: the loss gets weight_decay * "
                        "tf.nn.l2_loss(w) = weight_decay * sum(w^2) / 2 summed over the kernels of "
-                       "conv, separable-conv and dense layers (not batch norm, not biases).")
-    flags.DEFINE_boolean("decay_biases", False, "Also apply --weight_decay to biases.")
+                       "conv, separable-conv and dense layers (not batch norm, not biases).",
+                       flag_values=flag_values)
+    flags.DEFINE_boolean("decay_biases", False, "Also apply --weight_decay to biases.",
+                         flag_values=flag_values)
     flags.DEFINE_string("pretrained_model_checkpoint_path", None, "Checkpoint (directory or prefix) "
                         "to warm start from, e.g. converted Keras weights; the head is skipped when "
-                        "--num_classes differs. Ignored once --model_dir has its own checkpoint.")
+                        "--num_classes differs. Ignored once --model_dir has its own checkpoint.",
+                        flag_values=flag_values)
     flags.DEFINE_boolean("fine_tune", False, "Train only the head (layer 'predictions'); batch "
-                         "norm below it stays frozen.")
+                         "norm below it stays frozen.", flag_values=flag_values)
 
 
-def define_optimization():
-    flags.DEFINE_enum("optimizer", "momentum", list(model_fn.OPTIMIZERS), "Optimizer.")
-    flags.DEFINE_float("momentum", 0.9, "Momentum of momentum/nesterov, and of rmsprop.")
+def define_optimization(flag_values=flags.FLAGS):
+    flags.DEFINE_enum("optimizer", "momentum", list(model_fn.OPTIMIZERS), "Optimizer.",
+                      flag_values=flag_values)
+    flags.DEFINE_float("momentum", 0.9, "Momentum of momentum/nesterov, and of rmsprop.",
+                       flag_values=flag_values)
     flags.DEFINE_float("base_learning_rate", PAPER_LEARNING_RATE, "Learning rate for a global batch "
-                       "of --base_batch_size; scaled linearly to --batch_size.")
+                       "of --base_batch_size; scaled linearly to --batch_size.",
+                       flag_values=flag_values)
     flags.DEFINE_integer("base_batch_size", REFERENCE_BATCH_SIZE, "Global batch size that "
-                         "--base_learning_rate refers to.")
+                         "--base_learning_rate refers to.", flag_values=flag_values)
     flags.DEFINE_enum("learning_rate_schedule", "exponential", list(model_fn.LEARNING_RATE_SCHEDULES),
                       "exponential: the paper's x0.94 every 2 epochs (staircase); piecewise: x"
                       "--lr_boundary_decay at each of --lr_boundary_epochs; cosine: to 0 at "
-                      "--train_epochs.")
-    flags.DEFINE_float("lr_decay_rate", 0.94, "Factor of the exponential schedule.")
-    flags.DEFINE_float("lr_decay_epochs", 2.0, "Epochs between steps of the exponential schedule.")
+                      "--train_epochs.", flag_values=flag_values)
+    flags.DEFINE_float("lr_decay_rate", 0.94, "Factor of the exponential schedule.",
+                       flag_values=flag_values)
+    flags.DEFINE_float("lr_decay_epochs", 2.0, "Epochs between steps of the exponential schedule.",
+                       flag_values=flag_values)
     flags.DEFINE_list("lr_boundary_epochs", ["30", "60", "80"], "Epochs where the piecewise "
-                      "schedule steps down.")
-    flags.DEFINE_float("lr_boundary_decay", 0.1, "Factor at each piecewise boundary.")
+                      "schedule steps down.", flag_values=flag_values)
+    flags.DEFINE_float("lr_boundary_decay", 0.1, "Factor at each piecewise boundary.",
+                       flag_values=flag_values)
     flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up from 0 over this many epochs "
-                       "(5 for large batches, Goyal et al.).")
+                       "(5 for large batches, Goyal et al.).", flag_values=flag_values)
     flags.DEFINE_float("moving_average_decay", 0.9999, "Polyak averaging of the weights; evaluation "
-                       "uses the averages. 0 turns it off.")
+                       "uses the averages. 0 turns it off.", flag_values=flag_values)
 
 
-def define_performance():
+def define_performance(flag_values=flags.FLAGS):
     flags.DEFINE_enum("dtype", "fp32", list(DTYPES), "Compute type; variables stay float32. fp16 "
-                      "(GPU only) uses loss scaling; bf16 needs none.")
-    flags.DEFINE_string("loss_scale", None, "fp16 only: 'dynamic' (the default) or a number.")
-    flags.DEFINE_boolean("enable_xla", False, "XLA auto-clustering (GPU; much slower on CPU).")
+                      "(GPU only) uses loss scaling; bf16 needs none.", flag_values=flag_values)
+    flags.DEFINE_string("loss_scale", None, "fp16 only: 'dynamic' (the default) or a number.",
+                        flag_values=flag_values)
+    flags.DEFINE_boolean("enable_xla", False, "XLA auto-clustering (GPU; much slower on CPU).",
+                         flag_values=flag_values)
     flags.DEFINE_enum("data_format", None, ["channels_first", "channels_last"], "Layout of the "
-                      "convolutions (inputs stay NHWC); default channels_first on GPU, else last.")
-    flags.DEFINE_integer("inter_op_parallelism_threads", 0, "TF inter-op threads (0: TF picks).")
-    flags.DEFINE_integer("intra_op_parallelism_threads", 0, "TF intra-op threads (0: TF picks).")
-    flags.DEFINE_integer("datasets_num_private_threads", None, "Private tf.data thread pool size.")
+                      "convolutions (inputs stay NHWC); default channels_first on GPU, else last.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("inter_op_parallelism_threads", 0, "TF inter-op threads (0: TF picks).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("intra_op_parallelism_threads", 0, "TF intra-op threads (0: TF picks).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("datasets_num_private_threads", None, "Private tf.data thread pool size.",
+                         flag_values=flag_values)
     flags.DEFINE_boolean("use_synthetic_data", False, "Random images instead of --data_dir "
-                         "(benchmarking).")
+                         "(benchmarking).", flag_values=flag_values)
 
 
-def define_distribution():
-    flags.DEFINE_integer("num_gpus", -1, "GPUs to use on this machine (-1: all visible).")
+def define_distribution(flag_values=flags.FLAGS):
+    flags.DEFINE_integer("num_gpus", -1, "GPUs to use on this machine (-1: all visible).",
+                         flag_values=flag_values)
     flags.DEFINE_integer("num_cpu_replicas", 1, "With --num_gpus=0: replicas over this many CPU "
-                         "devices (for testing the multi-device path).")
+                         "devices (for testing the multi-device path).", flag_values=flag_values)
     flags.DEFINE_enum("distribution_strategy", "mirrored", list(DISTRIBUTION_STRATEGIES),
                       "mirrored: all local devices (a single device runs without a strategy); "
-                      "multi_worker_mirrored: several machines via TF_CONFIG or --worker_hosts.")
+                      "multi_worker_mirrored: several machines via TF_CONFIG or --worker_hosts.",
+                      flag_values=flag_values)
     flags.DEFINE_enum("all_reduce_alg", None, list(ALL_REDUCE_ALGORITHMS), "mirrored: nccl "
                       "(GPU default), hierarchical_copy or reduction_to_one_device (CPU default); "
-                      "multi_worker_mirrored: ring, nccl or auto (default).")
+                      "multi_worker_mirrored: ring, nccl or auto (default).",
+                      flag_values=flag_values)
     flags.DEFINE_list("worker_hosts", None, "host:port of every worker, comma-separated (instead "
-                      "of TF_CONFIG); worker 0 is the chief.")
-    flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts.")
+                      "of TF_CONFIG); worker 0 is the chief.", flag_values=flag_values)
+    flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts.",
+                         flag_values=flag_values)
 
 
-def define_all():
-    define_base()
-    define_model()
-    define_optimization()
-    define_performance()
-    define_distribution()
+def define_all(flag_values=flags.FLAGS):
+    """Defines every flag of imagenet_main into `flag_values` (tests pass their own FlagValues)."""
+    for define in (define_base, define_model, define_optimization, define_performance,
+                   define_distribution):
+        define(flag_values)

@@ -137,8 +137,11 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
         return Placement(None, 1, 1, True, False)
     if strategy_name == "one_device":
         return Placement(tf.distribute.OneDeviceStrategy(devices[0]), 1, 1, True, False)
-    strategy = tf.distribute.MirroredStrategy(
-        devices=devices, cross_device_ops=_cross_device_ops(all_reduce_alg, bool(num_gpus)))
+    # Built outside eager mode: eager knows one CPU device, the Estimator's sessions get
+    # num_cpu_replicas of them from the RunConfig's session_config.
+    with tf.Graph().as_default():
+        strategy = tf.distribute.MirroredStrategy(
+            devices=devices, cross_device_ops=_cross_device_ops(all_reduce_alg, bool(num_gpus)))
     return Placement(strategy, len(devices), 1 if num_gpus else num_cpu_replicas, True, False)
 
 
@@ -357,9 +360,9 @@ def run(flags_obj, model_builder=None):
         return results
 
 
-def main(_):
+def main(_, model_builder=None):
     try:
-        run(flags.FLAGS)
+        run(flags.FLAGS, model_builder)
     except PipelineError as error:
         sys.exit(f"error: {error}")
 

@@ -222,8 +222,9 @@ def _variable_name(variable):
     return variable.name.split(":", 1)[0]
 
 
-def warm_start(model, checkpoint):
-    """Makes the model's variables (weights and batch-norm statistics) initialize from `checkpoint`.
+def warm_start(model, checkpoint, averages=None):
+    """Makes the model's variables (weights and batch-norm statistics) initialize from `checkpoint`,
+    and their moving averages in `averages` (an ExponentialMovingAverage) too.
 
     The head is skipped when its shape differs (another --num_classes); any other missing or differently
     shaped variable is an error. Has no effect once model_dir has its own checkpoint, which is restored
@@ -249,6 +250,12 @@ def warm_start(model, checkpoint):
                                 f"needs {shape} (check --image_size/--data_format)")
         assignment[name] = variable
     tf.compat.v1.train.init_from_checkpoint(checkpoint, assignment)
+    if averages is not None:
+        # Otherwise an average starts from the variable's random initial value under a distribution
+        # strategy (the initializer it copies is the one from before the warm start).
+        shadows = {name: averages.average(variable) for name, variable in assignment.items()}
+        tf.compat.v1.train.init_from_checkpoint(
+            checkpoint, {name: shadow for name, shadow in shadows.items() if shadow is not None})
     logging.info("Warm start from %s: %d variables", checkpoint, len(assignment))
 
 
@@ -349,8 +356,10 @@ def model_fn(features, labels, mode, params, config=None):
     loss = tf.add(cross_entropy, decay, name=TOTAL_LOSS_TENSOR)
 
     if mode == tf.estimator.ModeKeys.EVAL:
-        checkpoint = tf.train.latest_checkpoint(config.model_dir) if config is not None else None
-        saver = averaged_weights_saver(checkpoint, model.trainable_variables)
+        saver = None
+        if model_config.moving_average_decay > 0 and config is not None:
+            saver = averaged_weights_saver(tf.train.latest_checkpoint(config.model_dir),
+                                           model.trainable_variables)
         top_1 = tf.compat.v1.metrics.mean(_top_k_hits(logits, labels, 1))
         top_5 = tf.compat.v1.metrics.mean(_top_k_hits(logits, labels, 5))
         metrics = {
@@ -363,9 +372,9 @@ def model_fn(features, labels, mode, params, config=None):
             mode, loss=loss, eval_metric_ops=metrics,
             scaffold=tf.compat.v1.train.Scaffold(saver=saver) if saver else None)
 
+    train_op, averages = _train_op(model, images, loss, model_config)
     if model_config.warm_start_checkpoint:
-        warm_start(model, model_config.warm_start_checkpoint)
-    train_op = _train_op(model, images, loss, model_config)
+        warm_start(model, model_config.warm_start_checkpoint, averages)
     train_top_1 = tf.reduce_mean(_top_k_hits(logits, labels, 1), name=TRAIN_TOP_1_TENSOR)
     tf.compat.v1.summary.scalar("cross_entropy", cross_entropy)
     tf.compat.v1.summary.scalar("l2_loss", decay)
@@ -383,6 +392,7 @@ def prediction_outputs(logits):
 
 
 def _train_op(model, images, loss, model_config):
+    """(train op, the ExponentialMovingAverage or None)."""
     global_step = tf.compat.v1.train.get_or_create_global_step()
     learning_rate = learning_rate_schedule(global_step, model_config.learning_rate)
     tf.compat.v1.summary.scalar("learning_rate", learning_rate)
@@ -397,9 +407,10 @@ def _train_op(model, images, loss, model_config):
     update_ops = model.get_updates_for(images) + model.get_updates_for(None)
     with tf.control_dependencies(update_ops):
         train_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
-    if model_config.moving_average_decay > 0:
-        averages = tf.train.ExponentialMovingAverage(model_config.moving_average_decay,
-                                                     num_updates=global_step)
-        with tf.control_dependencies([train_op]):
-            train_op = averages.apply(variables)
-    return train_op
+    if model_config.moving_average_decay == 0:
+        return train_op, None
+    averages = tf.train.ExponentialMovingAverage(model_config.moving_average_decay,
+                                                 num_updates=global_step)
+    with tf.control_dependencies([train_op]):
+        train_op = averages.apply(variables)
+    return train_op, averages
