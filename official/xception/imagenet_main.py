@@ -126,8 +126,7 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
             raise PipelineError(f"--all_reduce_alg={all_reduce_alg} is for mirrored; "
                                 "multi_worker_mirrored takes ring, nccl or auto")
         strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy(
-            communication_options=tf.distribute.experimental.CommunicationOptions(
-                implementation=implementation[all_reduce_alg]))
+            communication=implementation[all_reduce_alg])
         return Placement(strategy, strategy.num_replicas_in_sync, 1, is_chief, True)
 
     if strategy_name == "off" or (strategy_name == "mirrored" and len(devices) == 1):
