@@ -263,7 +263,12 @@ class _Summary:
 
     def __init__(self, config, synsets, labels, texts, plans, previous):
         self.path = os.path.join(config.output_directory, SUMMARY_NAME)
-        self.shards = {name: entry for name, entry in previous.get("shards", {}).items()}
+        planned_names = {shard_plan.shard_name(plan.name, index, plan.num_shards)
+                         for plan in plans for index in range(plan.num_shards)}
+        # Shards of this plan count only once a worker has (re)built or verified them in this run; others
+        # (e.g. the split not being rebuilt now) are kept so a later run can still reuse them.
+        self.shards = {name: entry for name, entry in previous.get("shards", {}).items()
+                       if name not in planned_names}
         self._plans = plans
         self._synsets, self._labels, self._texts = synsets, labels, texts
         self._settings = {key: value for key, value in dataclasses.asdict(config).items()
