@@ -1,12 +1,14 @@
 """input_fn over hand-written ImageNet-schema shards: eval covers each record once in a fixed order,
 training batches, label offsets and their errors, worker sharding, synthetic data."""
 
+import os
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from data_prep import builder
 from official.xception import input_pipeline
 from official.xception.errors import PipelineError
 from tests import record_fixtures
@@ -172,6 +174,50 @@ def test_private_threadpool_option_is_applied(data_dir):
 def test_bad_arguments_raise_pipeline_error(data_dir, arguments, message):
     with pytest.raises(PipelineError, match=message):
         input_pipeline.input_fn(True, data_dir, **arguments)
+
+
+def write_raw_imagenet(root, rng):
+    """Class folders as ImageNet ships them: synset n00000001 all red, n00000002 all blue, plus a
+    grayscale JPEG and a PNG saved as .JPEG (both quirks occur in ImageNet); a box for one image."""
+    colours = {"n00000001": (200, 30, 30), "n00000002": (30, 30, 200)}
+    for split, per_class in (("train", 4), ("validation", 3)):
+        for synset, colour in colours.items():
+            os.makedirs(os.path.join(root, split, synset))
+            for index in range(per_class):
+                noise = rng.integers(-20, 20, size=(48, 64, 3))
+                pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+                image_format = "PNG" if index == 1 else "JPEG"
+                name = os.path.join(root, split, synset, f"{synset}_{index}.JPEG")
+                with open(name, "wb") as image_file:
+                    image_file.write(record_fixtures.encode_image(pixels, image_format))
+    gray = os.path.join(root, "train", "n00000002", "n00000002_9.JPEG")
+    with open(gray, "wb") as image_file:
+        image_file.write(record_fixtures.encode_image(np.full((40, 40), 90, np.uint8)))
+    box_file = os.path.join(root, "boxes.csv")
+    with open(box_file, "w") as csv_file:
+        csv_file.write("n00000001_0.JPEG,0.1000,0.2000,0.6000,0.9000\n")
+    return box_file
+
+
+def test_reads_shards_written_by_data_prep(tmp_path):
+    box_file = write_raw_imagenet(str(tmp_path / "raw"), np.random.default_rng(6))
+    output = str(tmp_path / "shards")
+    builder.build(builder.BuildConfig(
+        output_directory=output, train_directory=str(tmp_path / "raw" / "train"),
+        validation_directory=str(tmp_path / "raw" / "validation"), bounding_box_file=box_file,
+        train_shards=2, validation_shards=2, num_workers=1, first_label=1))
+
+    images, labels = collect(input_pipeline.input_fn(False, output, 4, image_size=71, num_classes=2))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    assert len(labels) == 6 and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    # Sorted synsets with labels 1..2 minus label_offset 1: red n00000001 -> 0, blue n00000002 -> 1.
+    red_dominant = images[..., 0].mean(axis=(1, 2)) > images[..., 2].mean(axis=(1, 2))
+    np.testing.assert_array_equal(red_dominant, labels == 0)
+
+    train_images, train_labels = collect(input_pipeline.input_fn(
+        True, output, 3, image_size=71, num_classes=2, shuffle_buffer=9), max_batches=6)
+    assert set(np.concatenate(train_labels).tolist()) == {0, 1}
+    assert all(batch.shape == (3, 71, 71, 3) for batch in train_images)
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])

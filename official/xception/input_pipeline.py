@@ -26,14 +26,14 @@ _READ_BUFFER_BYTES = 8 * 1024 * 1024
 
 _LABEL_ERROR = "image/class/label of a record is outside"
 
-_FEATURES = {
+_BOX_COORDINATES = ("ymin", "xmin", "ymax", "xmax")
+_IMAGE_FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
 }
+_TRAIN_FEATURES = dict(_IMAGE_FEATURES, **{
+    "image/object/bbox/" + coordinate: tf.io.VarLenFeature(tf.float32)
+    for coordinate in _BOX_COORDINATES})
 
 
 def _check_positive_int(value, name):
@@ -66,12 +66,14 @@ def list_input_files(data_dir, is_training, input_context=None):
     return files[input_context.input_pipeline_id::count]
 
 
-def _parse_record(serialized, num_classes, label_offset):
-    """Returns (image bytes, boxes [1, N, 4], label int32 in [0, num_classes))."""
-    features = tf.io.parse_single_example(serialized, _FEATURES)
-    boxes = tf.stack(
-        [tf.sparse.to_dense(features["image/object/bbox/" + key])
-         for key in ("ymin", "xmin", "ymax", "xmax")], axis=1)
+def _parse_record(serialized, num_classes, label_offset, with_boxes):
+    """Returns (image bytes, label int32 in [0, num_classes), boxes [1, N, 4] or None)."""
+    features = tf.io.parse_single_example(serialized,
+                                          _TRAIN_FEATURES if with_boxes else _IMAGE_FEATURES)
+    boxes = None
+    if with_boxes:
+        boxes = tf.stack([tf.sparse.to_dense(features["image/object/bbox/" + coordinate])
+                          for coordinate in _BOX_COORDINATES], axis=1)[tf.newaxis]
     record_label = features["image/class/label"]
     label = record_label - label_offset
     label_ok = tf.logical_and(label >= 0, label < num_classes)
@@ -82,7 +84,7 @@ def _parse_record(serialized, num_classes, label_offset):
         "the label is", record_label])
     with tf.control_dependencies([check]):
         label = tf.cast(label, tf.int32)
-    return features["image/encoded"], boxes[tf.newaxis], label
+    return features["image/encoded"], label, boxes
 
 
 def data_error_message(error):
@@ -144,7 +146,8 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
         return tf.data.TFRecordDataset(paths, buffer_size=_READ_BUFFER_BYTES)
 
     def parse_and_preprocess(serialized):
-        image_bytes, boxes, label = _parse_record(serialized, num_classes, label_offset)
+        image_bytes, label, boxes = _parse_record(serialized, num_classes, label_offset,
+                                                  with_boxes=is_training)
         if is_training:
             image = preprocessing.preprocess_for_train(image_bytes, boxes, image_size, augmentation,
                                                        dtype)
