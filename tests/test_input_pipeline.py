@@ -114,6 +114,18 @@ def test_no_matching_files_is_a_pipeline_error(tmp_path):
         input_pipeline.input_fn(True, str(tmp_path), 8)
 
 
+def test_missing_shard_is_a_pipeline_error_and_non_shard_names_are_ignored(tmp_path):
+    paths = record_fixtures.write_labelled_split(str(tmp_path), "validation", [1, 2, 3], 3)
+    os.rename(paths[0], paths[0] + ".backup")
+    with pytest.raises(PipelineError, match=r"1 of 3 shards .* missing \(first: validation-00000-of-00003\)"):
+        input_pipeline.list_input_files(str(tmp_path), False)
+    os.rename(paths[0] + ".backup", paths[0])
+    assert input_pipeline.list_input_files(str(tmp_path), False) == paths
+    record_fixtures.write_labelled_split(str(tmp_path), "validation", [1], 1)
+    with pytest.raises(PipelineError, match=r"shard sets of different sizes \(1, 3\)"):
+        input_pipeline.list_input_files(str(tmp_path), False)
+
+
 def test_two_workers_read_disjoint_files_covering_the_split(data_dir):
     contexts = [tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i)
                 for i in range(2)]

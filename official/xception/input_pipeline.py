@@ -24,6 +24,10 @@ VALIDATION_PATTERN = "validation-*-of-*"
 _TRAIN_CYCLE_LENGTH = 16
 _READ_BUFFER_BYTES = 8 * 1024 * 1024
 
+# The names data_prep and the established tools give shards; anything else matching the glob (a
+# copy with a suffix, a temporary file) is not a shard.
+_SHARD_NAME = re.compile(r"^(?:train|validation)-(\d+)-of-(\d+)$")
+
 _LABEL_ERROR = "image/class/label of a record is outside"
 
 _BOX_COORDINATES = ("ymin", "xmin", "ymax", "xmax")
@@ -41,6 +45,24 @@ def _check_positive_int(value, name):
         raise PipelineError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _check_complete(files, pattern):
+    """Raises PipelineError unless `files` are shards 0..N-1 of one set of N (a missing shard would
+    silently leave images out of training and evaluation)."""
+    totals = {int(_SHARD_NAME.match(os.path.basename(path)).group(2)) for path in files}
+    if len(totals) > 1:
+        raise PipelineError(
+            f"files matching {pattern} come from shard sets of different sizes "
+            f"({', '.join(str(total) for total in sorted(totals))}): keep one set in --data_dir")
+    total = totals.pop()
+    present = {int(_SHARD_NAME.match(os.path.basename(path)).group(1)) for path in files}
+    missing = sorted(set(range(total)) - present)
+    if missing:
+        first = os.path.basename(files[0]).split("-")[0] + "-%05d-of-%05d" % (missing[0], total)
+        raise PipelineError(
+            f"{len(missing)} of {total} shards matching {pattern} are missing (first: {first}): "
+            "finish the data_prep run (rerunning it resumes) or copy the missing shards")
+
+
 def list_input_files(data_dir, is_training, input_context=None):
     """The sorted shard paths of the split that this input pipeline reads.
 
@@ -48,14 +70,17 @@ def list_input_files(data_dir, is_training, input_context=None):
     file i, so workers read disjoint sets of files that together cover the split.
 
     Raises:
-      PipelineError: no file matches the split's pattern in `data_dir`, or fewer files than pipelines.
+      PipelineError: no file matches the split's pattern in `data_dir`, shards of the set are missing,
+        or there are fewer files than pipelines.
     """
     pattern = os.path.join(data_dir, TRAIN_PATTERN if is_training else VALIDATION_PATTERN)
-    files = sorted(tf.io.gfile.glob(pattern))
+    files = sorted(path for path in tf.io.gfile.glob(pattern)
+                   if _SHARD_NAME.match(os.path.basename(path)))
     if not files:
         raise PipelineError(
             f"no files match {pattern}: point --data_dir at the directory of TFRecord shards that "
             "data_prep writes (train-00000-of-01024, validation-00000-of-00128, ...)")
+    _check_complete(files, pattern)
     if input_context is None or input_context.num_input_pipelines == 1:
         return files
     count = input_context.num_input_pipelines
