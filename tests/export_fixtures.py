@@ -9,6 +9,7 @@ from official.xception import xception_model
 IMAGE_SIZE = 71
 NUM_CLASSES = 5
 GLOBAL_STEP = 7
+CLASS_NAMES = [(f"n0000000{i}", f"class {i} text") for i in range(NUM_CLASSES)]
 
 
 def _random_like(rng, variable):

@@ -15,20 +15,7 @@ from tests import export_fixtures
 from tests import record_fixtures
 
 SIZE = export_fixtures.IMAGE_SIZE
-CLASS_NAMES = [(f"n0000000{i}", f"class {i} text") for i in range(export_fixtures.NUM_CLASSES)]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("model")
-    raw, averaged = export_fixtures.write_checkpoint(str(model_dir))
-    export_base = tmp_path_factory.mktemp("export")
-    path, averaged_count = export.export_saved_model(
-        str(model_dir), str(export_base), num_classes=export_fixtures.NUM_CLASSES, image_size=SIZE,
-        label_offset=1, class_names=CLASS_NAMES)
-    return {"path": path, "base": export_base, "model_dir": model_dir, "raw": raw,
-            "averaged": averaged, "averaged_count": averaged_count,
-            "loaded": tf.saved_model.load(path)}
+CLASS_NAMES = export_fixtures.CLASS_NAMES
 
 
 @pytest.fixture(scope="module")
