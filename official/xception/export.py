@@ -10,7 +10,7 @@ batch dimension and two signatures:
 
 Both return `classes` (int64), `class_names`, `probabilities`, `logits`, `top_5_classes`,
 `top_5_class_names` and `top_5_probabilities`. Output index i is the class whose data label is
-i + label_offset; `assets/classes.tsv` lists index, synset and human text for every output, and
+i + label_offset; `assets/classes.tsv` lists index, name (synset) and human text for every output, and
 `assets.extra/export_info.json` records the conventions (label offset, image size, crop fraction).
 """
 
@@ -22,13 +22,13 @@ import time
 
 import tensorflow as tf
 
+from official.xception import dataset_info
 from official.xception import preprocessing
 from official.xception import xception_model
 from official.xception.errors import PipelineError
 
 SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
-CLASSES_ASSET = "classes.tsv"
 EXPORT_INFO = "export_info.json"
 _AVERAGE_SUFFIX = "/ExponentialMovingAverage"
 _TOP_K = 5
@@ -115,7 +115,7 @@ def _class_rows(class_names, num_classes):
 
 def export_saved_model(checkpoint_path, export_dir_base, *, num_classes, image_size=299,
                        label_offset=1, class_names=None, central_fraction=0.875,
-                       use_moving_averages=True):
+                       use_moving_averages=True, model_builder=xception_model.xception):
     """Exports `checkpoint_path` as a SavedModel in a new `export_dir_base/<unix time>` directory.
 
     Args:
@@ -128,6 +128,7 @@ def export_saved_model(checkpoint_path, export_dir_base, *, num_classes, image_s
       class_names: [(synset, human text)] per output index, or None (placeholder names).
       central_fraction: evaluation crop fraction used by `serving_default`.
       use_moving_averages: read the Polyak averages of the weights where the checkpoint has them.
+      model_builder: builds the network, with xception()'s keyword arguments.
 
     Returns:
       (export path, number of variables read from moving averages).
@@ -138,18 +139,16 @@ def export_saved_model(checkpoint_path, export_dir_base, *, num_classes, image_s
             raise PipelineError(f"no checkpoint in {directory}: train first or point at a checkpoint")
     rows = _class_rows(class_names, num_classes)
     # Serving runs anywhere: float32, channels_last, no dropout, whatever the training settings were.
-    model = xception_model.xception(num_classes=num_classes, image_size=image_size)
+    model = model_builder(num_classes=num_classes, image_size=image_size)
     values, averaged = checkpoint_values(checkpoint_path, model.weights, use_moving_averages)
     model.set_weights(values)
 
     os.makedirs(export_dir_base, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=export_dir_base)
     try:
-        classes_file = os.path.join(staging, CLASSES_ASSET)
-        with open(classes_file, "w", encoding="utf-8") as handle:
-            handle.write("index\tsynset\ttext\n")
-            handle.writelines(f"{index}\t{synset}\t{text}\n" for index, (synset, text) in enumerate(rows))
-        classifier = _Classifier(model, rows, classes_file, image_size, central_fraction)
+        dataset_info.write_class_names(staging, rows)
+        classifier = _Classifier(model, rows, os.path.join(staging, dataset_info.CLASSES_FILE),
+                                 image_size, central_fraction)
         saved_model_dir = os.path.join(staging, "saved_model")
         tf.saved_model.save(classifier, saved_model_dir, signatures={
             SERVING_SIGNATURE: classifier.serve_image_bytes,
@@ -190,7 +189,5 @@ def read_export_info(saved_model_dir):
 
 
 def read_class_names(saved_model_dir):
-    """[(synset, text)] per output index from the export's classes asset."""
-    with tf.io.gfile.GFile(os.path.join(saved_model_dir, "assets", CLASSES_ASSET)) as handle:
-        lines = handle.read().splitlines()[1:]
-    return [tuple(line.split("\t")[1:3]) for line in lines]
+    """[(name, text)] per output index from the export's classes asset."""
+    return dataset_info.read_class_names(os.path.join(saved_model_dir, "assets"))

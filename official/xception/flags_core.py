@@ -155,8 +155,33 @@ def define_distribution(flag_values=flags.FLAGS):
                          flag_values=flag_values)
 
 
+def define_augmentation(flag_values=flags.FLAGS):
+    """Preprocessing; the defaults are the Inception recipe used for ImageNet."""
+    flags.DEFINE_list("crop_area_range", ["0.05", "1.0"], "Training crop: min,max fraction of the "
+                      "image area.", flag_values=flag_values)
+    flags.DEFINE_list("crop_aspect_ratio_range", ["0.75", "1.3333333"], "Training crop: min,max "
+                      "width/height.", flag_values=flag_values)
+    flags.DEFINE_float("min_object_covered", 0.1, "Training crop: fraction of a bounding box the "
+                       "crop must cover.", flag_values=flag_values)
+    flags.DEFINE_boolean("random_flip", True, "Training: random horizontal flips.",
+                         flag_values=flag_values)
+    flags.DEFINE_boolean("color_distortion", False, "Training: Inception color distortion "
+                         "(brightness, saturation, hue, contrast).", flag_values=flag_values)
+    flags.DEFINE_float("eval_central_fraction", 0.875, "Evaluation and serving: central crop "
+                       "fraction of each side before the resize.", flag_values=flag_values)
+
+
+def define_export(flag_values=flags.FLAGS):
+    flags.DEFINE_string("export_dir", None, "After training, export a SavedModel (serving_default on "
+                        "image bytes, predict_images on preprocessed images) to a numbered "
+                        "directory below this one.", flag_values=flag_values)
+    flags.DEFINE_boolean("export_only", False, "Only export the last checkpoint of --model_dir to "
+                         "--export_dir (e.g. converted Keras weights); no training or evaluation.",
+                         flag_values=flag_values)
+
+
 def define_all(flag_values=flags.FLAGS):
     """Defines every flag of imagenet_main into `flag_values` (tests pass their own FlagValues)."""
     for define in (define_base, define_model, define_optimization, define_performance,
-                   define_distribution):
+                   define_distribution, define_augmentation, define_export):
         define(flag_values)

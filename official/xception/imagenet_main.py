@@ -25,10 +25,13 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
+from official.xception import dataset_info
+from official.xception import export
 from official.xception import flags_core
 from official.xception import hooks as hooks_lib
 from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
+from official.xception import preprocessing
 from official.xception import xception_model
 from official.xception.errors import PipelineError
 
@@ -266,9 +269,91 @@ def make_input_fns(flags_obj, model_config, batch_size):
                   label_offset=flags_obj.label_offset, dtype=dtype,
                   datasets_num_private_threads=flags_obj.datasets_num_private_threads)
     train = functools.partial(input_pipeline.input_fn, True, shuffle_buffer=flags_obj.shuffle_buffer,
-                              seed=flags_obj.seed, **common)
-    evaluate = functools.partial(input_pipeline.input_fn, False, **common)
+                              augmentation=make_augmentation(flags_obj), seed=flags_obj.seed, **common)
+    evaluate = functools.partial(input_pipeline.input_fn, False,
+                                 eval_central_fraction=flags_obj.eval_central_fraction, **common)
     return train, evaluate, None
+
+
+def _float_pair(values, flag_name):
+    try:
+        low, high = (float(value) for value in values)
+    except ValueError:
+        raise PipelineError(f"--{flag_name} takes two numbers, min,max; got {','.join(values)}") \
+            from None
+    return low, high
+
+
+def make_augmentation(flags_obj):
+    try:
+        return preprocessing.AugmentationConfig(
+            area_range=_float_pair(flags_obj.crop_area_range, "crop_area_range"),
+            aspect_ratio_range=_float_pair(flags_obj.crop_aspect_ratio_range,
+                                           "crop_aspect_ratio_range"),
+            min_object_covered=flags_obj.min_object_covered,
+            random_flip=flags_obj.random_flip,
+            color_distortion=flags_obj.color_distortion)
+    except PipelineError as error:
+        raise PipelineError(f"{error} (--crop_area_range, --crop_aspect_ratio_range, "
+                            "--min_object_covered)") from None
+
+
+def apply_dataset_info(flags_obj):
+    """Takes --num_classes, --label_offset, --train_examples and --eval_examples from the shards'
+    build_summary.json where they are not given; a given flag that contradicts it is an error.
+
+    Returns:
+      The DatasetInfo, or None without a summary (shards of other tools, synthetic data).
+    """
+    if flags_obj.use_synthetic_data or not flags_obj.data_dir:
+        return None
+    info = dataset_info.read_dataset_info(flags_obj.data_dir)
+    if info is None:
+        return None
+    source = os.path.join(flags_obj.data_dir, dataset_info.SUMMARY_NAME)
+    if not flags_obj["label_offset"].present:
+        flags_obj.label_offset = info.first_label
+    derived = {"num_classes": info.num_outputs(flags_obj.label_offset),
+               "train_examples": info.train_examples, "eval_examples": info.eval_examples}
+    for name, value in derived.items():
+        if value is None:
+            continue
+        if not flags_obj[name].present:
+            setattr(flags_obj, name, value)
+        elif flags_obj[name].value != value:
+            raise PipelineError(
+                f"--{name}={flags_obj[name].value} contradicts {source}, which implies {value}"
+                + (f" with --label_offset={flags_obj.label_offset}" if name == "num_classes" else "")
+                + f"; leave --{name} out to take it from the summary")
+    logging.info("From %s: %d classes (labels from %d, --label_offset=%d), %s training and %s "
+                 "validation images", source, flags_obj.num_classes, info.first_label,
+                 flags_obj.label_offset, info.train_examples, info.eval_examples)
+    return info
+
+
+def class_names_for_export(flags_obj, info):
+    """[(name, text)] per output: the list saved beside the checkpoints, else the data's, else None."""
+    names = dataset_info.read_class_names(flags_obj.model_dir)
+    if names is None and info is not None:
+        names = info.class_names(flags_obj.label_offset, flags_obj.num_classes)
+    if names is None:
+        logging.warning("No class list in --model_dir or --data_dir: the export names classes "
+                        "class_0, class_1, ...")
+    return names
+
+
+def export_latest(flags_obj, info, model_builder=None):
+    """Exports the last checkpoint of --model_dir to a new numbered directory in --export_dir."""
+    path, averaged = export.export_saved_model(
+        flags_obj.model_dir, flags_obj.export_dir, num_classes=flags_obj.num_classes,
+        image_size=flags_obj.image_size, label_offset=flags_obj.label_offset,
+        class_names=class_names_for_export(flags_obj, info),
+        central_fraction=flags_obj.eval_central_fraction,
+        use_moving_averages=flags_obj.moving_average_decay > 0,
+        model_builder=model_builder or xception_model.xception)
+    logging.info("Exported %s (%d variables from their moving averages)", path, averaged)
+    print(f"exported SavedModel: {path}")
+    return path
 
 
 @contextlib.contextmanager
@@ -304,6 +389,16 @@ def run(flags_obj, model_builder=None):
     """Trains and/or evaluates as the flags say; returns the last evaluation's results (or {})."""
     if not flags_obj.model_dir:
         raise PipelineError("--model_dir is required (checkpoints and summaries go there)")
+    if flags_obj.export_only:
+        if not flags_obj.export_dir:
+            raise PipelineError("--export_only needs --export_dir (where the SavedModel goes)")
+        info = apply_dataset_info(flags_obj)
+        if tf.train.latest_checkpoint(flags_obj.model_dir) is None:
+            raise PipelineError(f"--export_only: --model_dir={flags_obj.model_dir} holds no "
+                                "checkpoint; train first or convert Keras weights into it")
+        export_latest(flags_obj, info, model_builder)
+        return {}
+    info = apply_dataset_info(flags_obj)
     tf_config = configure_cluster(flags_obj.worker_hosts, flags_obj.task_index)
     placement = make_placement(flags_obj.distribution_strategy, flags_obj.num_gpus,
                                flags_obj.num_cpu_replicas, flags_obj.all_reduce_alg, tf_config)
@@ -328,6 +423,10 @@ def run(flags_obj, model_builder=None):
         model_fn=model_fn_lib.model_fn, config=make_run_config(flags_obj, placement),
         params={"model_config": model_config, "model_builder": model_builder})
     count_is_exact = eval_steps is None
+    if info is not None and placement.is_chief and not flags_obj.eval_only:
+        # Beside the checkpoints, so that a later --export_only names the classes right.
+        dataset_info.write_class_names(
+            flags_obj.model_dir, info.class_names(flags_obj.label_offset, flags_obj.num_classes))
 
     with explained_run_errors(flags_obj.model_dir):
         if flags_obj.eval_only:
@@ -338,25 +437,26 @@ def run(flags_obj, model_builder=None):
             _log_evaluation(results, flags_obj.eval_examples, count_is_exact)
             return results
 
+        results = {}
         if placement.multi_worker:
             tf.estimator.train_and_evaluate(
                 estimator,
                 tf.estimator.TrainSpec(train_input_fn, max_steps=total_steps, hooks=train_hooks),
                 tf.estimator.EvalSpec(eval_input_fn, steps=eval_steps, throttle_secs=600))
-            return {}
-
-        results = {}
-        for cycle_end in training_cycle_ends(total_steps, steps_per_epoch,
-                                             flags_obj.epochs_between_evals):
-            estimator.train(train_input_fn, max_steps=cycle_end, hooks=train_hooks)
-            results = estimator.evaluate(eval_input_fn, steps=eval_steps)
-            _log_evaluation(results, flags_obj.eval_examples, count_is_exact)
-            if (flags_obj.stop_threshold is not None
-                    and results[model_fn_lib.TOP_1_KEY] >= flags_obj.stop_threshold):
-                logging.info("Top-1 %.4f reached --stop_threshold=%g: stopping",
-                             results[model_fn_lib.TOP_1_KEY], flags_obj.stop_threshold)
-                break
-        return results
+        else:
+            for cycle_end in training_cycle_ends(total_steps, steps_per_epoch,
+                                                 flags_obj.epochs_between_evals):
+                estimator.train(train_input_fn, max_steps=cycle_end, hooks=train_hooks)
+                results = estimator.evaluate(eval_input_fn, steps=eval_steps)
+                _log_evaluation(results, flags_obj.eval_examples, count_is_exact)
+                if (flags_obj.stop_threshold is not None
+                        and results[model_fn_lib.TOP_1_KEY] >= flags_obj.stop_threshold):
+                    logging.info("Top-1 %.4f reached --stop_threshold=%g: stopping",
+                                 results[model_fn_lib.TOP_1_KEY], flags_obj.stop_threshold)
+                    break
+    if flags_obj.export_dir and placement.is_chief:
+        export_latest(flags_obj, info, model_builder)
+    return results
 
 
 def main(_, model_builder=None):

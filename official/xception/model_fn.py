@@ -345,7 +345,8 @@ def model_fn(features, labels, mode, params, config=None):
         predictions = prediction_outputs(logits)
         return tf.estimator.EstimatorSpec(
             mode, predictions=predictions,
-            export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)})
+            export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)},
+            scaffold=_averaged_weights_scaffold(model_config, config, model))
 
     labels = tf.cast(labels, tf.int32)
     per_example = cross_entropy_per_example(logits, labels, model_config.num_classes,
@@ -356,10 +357,6 @@ def model_fn(features, labels, mode, params, config=None):
     loss = tf.add(cross_entropy, decay, name=TOTAL_LOSS_TENSOR)
 
     if mode == tf.estimator.ModeKeys.EVAL:
-        saver = None
-        if model_config.moving_average_decay > 0 and config is not None:
-            saver = averaged_weights_saver(tf.train.latest_checkpoint(config.model_dir),
-                                           model.trainable_variables)
         top_1 = tf.compat.v1.metrics.mean(_top_k_hits(logits, labels, 1))
         top_5 = tf.compat.v1.metrics.mean(_top_k_hits(logits, labels, 5))
         metrics = {
@@ -370,7 +367,7 @@ def model_fn(features, labels, mode, params, config=None):
         }
         return tf.estimator.EstimatorSpec(
             mode, loss=loss, eval_metric_ops=metrics,
-            scaffold=tf.compat.v1.train.Scaffold(saver=saver) if saver else None)
+            scaffold=_averaged_weights_scaffold(model_config, config, model))
 
     train_op, averages = _train_op(model, images, loss, model_config)
     if model_config.warm_start_checkpoint:
@@ -380,6 +377,16 @@ def model_fn(features, labels, mode, params, config=None):
     tf.compat.v1.summary.scalar("l2_loss", decay)
     tf.compat.v1.summary.scalar("train_top_1_accuracy", train_top_1)
     return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
+def _averaged_weights_scaffold(model_config, config, model):
+    """Evaluation and prediction read the Polyak averages of the latest checkpoint where it has them
+    (None: the Estimator's default saver, raw weights)."""
+    if model_config.moving_average_decay <= 0 or config is None:
+        return None
+    saver = averaged_weights_saver(tf.train.latest_checkpoint(config.model_dir),
+                                   model.trainable_variables)
+    return tf.compat.v1.train.Scaffold(saver=saver) if saver else None
 
 
 def prediction_outputs(logits):

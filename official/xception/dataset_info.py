@@ -1,0 +1,107 @@
+"""What the shards' build_summary.json (written by data_prep) says about a dataset, and the class list
+that travels from the data to the checkpoints to the export.
+
+Output index i of the network is the class whose record label is i + label_offset. With the
+established labels 1..N (first_label 1), label_offset 1 gives N outputs, label_offset 0 gives N + 1
+outputs whose index 0 is the background class.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from official.xception.errors import PipelineError
+
+SUMMARY_NAME = "build_summary.json"
+CLASSES_FILE = "classes.tsv"
+BACKGROUND = ("background", "background")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """The facts of one build_summary.json."""
+
+    first_label: int
+    classes: Tuple[Tuple[int, str, str], ...]  # (label, name, text) in label order
+    train_examples: Optional[int]
+    eval_examples: Optional[int]
+
+    def num_outputs(self, label_offset):
+        """Outputs a network needs for these labels with `label_offset`."""
+        return self.first_label + len(self.classes) - label_offset
+
+    def class_names(self, label_offset, num_outputs):
+        """[(name, text)] for every output index."""
+        by_label = {label: (name, text) for label, name, text in self.classes}
+        names = []
+        for index in range(num_outputs):
+            label = index + label_offset
+            if label in by_label:
+                names.append(by_label[label])
+            elif label == 0 and self.first_label == 1:
+                names.append(BACKGROUND)
+            else:
+                raise PipelineError(
+                    f"output {index} stands for label {label} (--label_offset={label_offset}), which "
+                    f"the data does not have (labels {self.first_label}.."
+                    f"{self.first_label + len(self.classes) - 1}): check --num_classes and --label_offset")
+        return names
+
+
+def _split_count(summary, split):
+    try:
+        return int(summary["splits"][split]["images_written"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def read_dataset_info(data_dir):
+    """The DatasetInfo of `data_dir`'s build_summary.json, or None when there is none (shards written
+    by other tools)."""
+    path = os.path.join(data_dir, SUMMARY_NAME)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path) as handle:
+            summary = json.load(handle)
+        first_label = int(summary["settings"]["first_label"])
+        classes = summary.get("classes")
+        if classes is not None:
+            rows = [(int(c["label"]), str(c["name"]), str(c.get("text") or c["name"])) for c in classes]
+        else:  # summaries that list classes per split only
+            merged = {}
+            for split in summary["splits"].values():
+                for name, entry in split["classes"].items():
+                    merged[name] = (int(entry["label"]), name, entry.get("text") or name)
+            rows = list(merged.values())
+    except (ValueError, KeyError, TypeError) as error:
+        raise PipelineError(f"{path} is not a data_prep build summary ({error!r}); remove it or "
+                            "rebuild the shards") from None
+    return DatasetInfo(first_label=first_label, classes=tuple(sorted(rows)),
+                       train_examples=_split_count(summary, "train"),
+                       eval_examples=_split_count(summary, "validation"))
+
+
+def write_class_names(directory, names):
+    """Writes `names` ([(name, text)] per output index) as directory/classes.tsv."""
+    tf.io.gfile.makedirs(directory)
+    temporary = os.path.join(directory, CLASSES_FILE + ".tmp")
+    with tf.io.gfile.GFile(temporary, "w") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["index", "name", "text"])
+        writer.writerows([index, name, text] for index, (name, text) in enumerate(names))
+    tf.io.gfile.rename(temporary, os.path.join(directory, CLASSES_FILE), overwrite=True)
+
+
+def read_class_names(directory):
+    """[(name, text)] from directory/classes.tsv, or None when there is none."""
+    path = os.path.join(directory, CLASSES_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))[1:]
+    return [(name, text) for _, name, text in rows]
