@@ -2,14 +2,14 @@
 
 Writes realistic shards once (500x375 JPEG photos cut from scikit-image's sample images, one box each),
 then, for 1 and for 2 cores, starts a child process pinned to those cores with `taskset` (tf.data
-private thread pool and TF op thread pools sized to match) that measures, alternating, each of:
+private thread pool and TF op thread pools sized to match) that measures each of:
   floor  TFRecord read -> parse image/encoded -> decode_jpeg (whole image) -> resize -> batch
   train  input_fn(is_training=True): shuffles, box-guided fused crop decode, resize, flip
   eval   input_fn(is_training=False): central crop decode, resize
-and keeps the best of --repeats runs of each (the machine is shared; the best run is the least
-disturbed). Prints images/s, the train/floor and eval/floor ratios and the 1 -> 2 core scaling, and
-images per CPU-second (all threads of the process), which other load on a shared machine disturbs less
-than wall-clock rates.
+The core counts alternate, --repeats times, and the best run of each counts (the machine may be
+shared; the best run is the least disturbed). Prints images/s, the train/floor and eval/floor ratios,
+the 1 -> 2 core scaling, and images per CPU-second (all threads of the process), which other load on a
+shared machine disturbs less than wall-clock rates.
 
     .venv/bin/python benchmarks/bench_input_pipeline.py [--num_images=1024] [--image_size=299]
 """
@@ -112,7 +112,7 @@ def throughput(dataset, num_batches, batch_size):
 
 
 def measure(threads):
-    """Runs every mode --repeats times, alternating; returns {mode: [best images/s, best per CPU-s]}."""
+    """Runs every mode once; returns {mode: [images/s, images per CPU-second]}."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -129,14 +129,7 @@ def measure(threads):
                                                 **common).repeat(),
     }
     num_batches = max(4, FLAGS.num_images // FLAGS.batch_size)
-    best = {mode: [0.0, 0.0] for mode in MODES}
-    for repeat in range(FLAGS.repeats):
-        for mode in MODES:
-            wall_rate, cpu_rate = throughput(datasets[mode](), num_batches, FLAGS.batch_size)
-            best[mode] = [max(best[mode][0], wall_rate), max(best[mode][1], cpu_rate)]
-            print(f"  {threads} core(s), run {repeat + 1}/{FLAGS.repeats}: {mode:5s} "
-                  f"{wall_rate:7.1f} img/s, {cpu_rate:7.1f} img/CPU-s", file=sys.stderr)
-    return best
+    return {mode: throughput(datasets[mode](), num_batches, FLAGS.batch_size) for mode in MODES}
 
 
 def run_pinned(cores):
@@ -148,7 +141,7 @@ def run_pinned(cores):
     command = ["taskset", "-c", cpu_list, sys.executable, os.path.abspath(__file__),
                f"--measure_threads={cores}"] + [
         f"--{name}={getattr(FLAGS, name)}"
-        for name in ("data_dir", "num_images", "batch_size", "image_size", "repeats")]
+        for name in ("data_dir", "num_images", "batch_size", "image_size")]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(command, stdout=subprocess.PIPE, env=env, check=False, text=True)
     if result.returncode != 0:
@@ -170,10 +163,17 @@ def main(argv):
             mean_bytes = write_realistic_shards(scratch, FLAGS.num_images, FLAGS.num_shards,
                                                 FLAGS.jpeg_quality)
             print(f"Mean JPEG size: {mean_bytes / 1024:.0f} KiB", file=sys.stderr)
-        results = {}
-        for count in cores:
-            print(f"Measuring on {count} core(s) ...", file=sys.stderr)
-            results[count] = run_pinned(count)
+        # Core counts alternate run by run so that load from other processes hits them alike.
+        results = {count: {mode: [0.0, 0.0] for mode in MODES} for count in cores}
+        for repeat in range(FLAGS.repeats):
+            for count in cores:
+                rates = run_pinned(count)
+                print(f"run {repeat + 1}/{FLAGS.repeats}, {count} core(s): " + ", ".join(
+                    f"{mode} {wall:.0f} img/s ({cpu:.0f}/CPU-s)" for mode, (wall, cpu) in rates.items()),
+                    file=sys.stderr)
+                for mode, (wall, cpu) in rates.items():
+                    best = results[count][mode]
+                    results[count][mode] = [max(best[0], wall), max(best[1], cpu)]
 
     print(f"\nbatch {FLAGS.batch_size}, {FLAGS.image_size}x{FLAGS.image_size}, best of "
           f"{FLAGS.repeats}, {len(os.sched_getaffinity(0))} CPUs visible, load average "
