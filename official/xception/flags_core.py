@@ -72,6 +72,9 @@ def define_model(flag_values=flags.FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_float("dropout_rate", 0.5, "Dropout before the classifier during training.",
                        flag_values=flag_values)
+    flags.DEFINE_float("batch_norm_momentum", 0.99, "Decay of the batch-norm moving statistics "
+                       "that evaluation uses (Keras's 0.99; lower, e.g. 0.9, for runs of a few "
+                       "hundred steps).", flag_values=flag_values)
     flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy (e.g. 0.1).",
                        flag_values=flag_values)
     flags.DEFINE_float("weight_decay", 1e-5, "L2 weight decay: the loss gets weight_decay * "

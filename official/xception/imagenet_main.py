@@ -213,6 +213,7 @@ def make_model_config(flags_obj, global_batch_size):
         data_format=data_format,
         compute_dtype=compute_dtype,
         dropout_rate=flags_obj.dropout_rate,
+        batch_norm_momentum=flags_obj.batch_norm_momentum,
         label_smoothing=flags_obj.label_smoothing,
         weight_decay=flags_obj.weight_decay,
         decay_biases=flags_obj.decay_biases,

@@ -97,6 +97,7 @@ class ModelConfig:
     data_format: str = "channels_last"
     compute_dtype: str = "float32"
     dropout_rate: float = 0.5
+    batch_norm_momentum: float = xception_model.KERAS_BATCH_NORM_MOMENTUM
     label_smoothing: float = 0.0
     # Multiplies tf.nn.l2_loss, i.e. the loss gets weight_decay * sum(w^2) / 2.
     weight_decay: float = 1e-5
@@ -323,7 +324,8 @@ def build_model(params):
     builder = params.get("model_builder") or xception_model.xception
     return builder(num_classes=config.num_classes, dropout_rate=config.dropout_rate,
                    image_size=config.image_size, data_format=config.data_format,
-                   compute_dtype=config.compute_dtype)
+                   compute_dtype=config.compute_dtype,
+                   batch_norm_momentum=config.batch_norm_momentum)
 
 
 def model_fn(features, labels, mode, params, config=None):

@@ -18,7 +18,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 DATA_FORMATS = ("channels_last", "channels_first")
 
 # Keras's BatchNormalization defaults, spelled out because the equivalence depends on them.
-_BN_MOMENTUM = 0.99
+KERAS_BATCH_NORM_MOMENTUM = 0.99
 _BN_EPSILON = 1e-3
 
 # End point name -> the layer whose output it is.
@@ -63,7 +63,7 @@ def _layer_policy(compute_dtype):
 
 def xception(num_classes=1000, include_top=True, pooling="avg", dropout_rate=0.0,
              image_size=DEFAULT_IMAGE_SIZE, data_format="channels_last", compute_dtype="float32",
-             name="xception"):
+             batch_norm_momentum=KERAS_BATCH_NORM_MOMENTUM, name="xception"):
     """Builds Xception as a Keras functional model.
 
     Args:
@@ -76,6 +76,8 @@ def xception(num_classes=1000, include_top=True, pooling="avg", dropout_rate=0.0
       image_size: square input side, at least 71.
       data_format: "channels_last", or "channels_first" for GPUs; inputs are NHWC in both cases.
       compute_dtype: "float32", "bfloat16" or "float16"; variables and outputs stay float32.
+      batch_norm_momentum: decay of the batch-norm moving statistics (Keras's 0.99; a short run
+        needs less, e.g. 0.9, for the statistics to reach their data).
       name: the model's name.
 
     Returns:
@@ -90,6 +92,8 @@ def xception(num_classes=1000, include_top=True, pooling="avg", dropout_rate=0.0
         raise PipelineError("the classifier head needs global pooling: pass pooling='avg' or 'max'")
     if not 0.0 <= dropout_rate < 1.0:
         raise PipelineError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+    if not 0.0 <= batch_norm_momentum < 1.0:
+        raise PipelineError(f"batch_norm_momentum must be in [0, 1), got {batch_norm_momentum}")
 
     policy = _layer_policy(compute_dtype)
     layers = tf.keras.layers
@@ -104,7 +108,7 @@ def xception(num_classes=1000, include_top=True, pooling="avg", dropout_rate=0.0
                                       data_format=data_format, name=name, dtype=policy)
 
     def batch_norm(name):
-        return layers.BatchNormalization(axis=bn_axis, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON,
+        return layers.BatchNormalization(axis=bn_axis, momentum=batch_norm_momentum, epsilon=_BN_EPSILON,
                                          name=name, dtype=policy)
 
     def relu(name):

@@ -1,0 +1,60 @@
+r"""Classifies image files with an exported SavedModel's `serving_default` signature.
+
+    python -m official.xception.classify_image --saved_model_dir=EXPORT/1700000000 cat.jpg dog.png
+
+Prints the top-5 classes (index, name, text, probability) of each image, exactly as a server running
+the export would answer.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+
+from official.xception import export
+from official.xception.errors import PipelineError
+
+
+def classify(saved_model_dir, image_paths):
+    """[(path, [(index, name, text, probability)] top-5)] for each image file."""
+    names = export.read_class_names(saved_model_dir)
+    serve = tf.saved_model.load(saved_model_dir).signatures[export.SERVING_SIGNATURE]
+    results = []
+    for path in image_paths:
+        try:
+            with open(path, "rb") as handle:
+                image_bytes = handle.read()
+        except OSError as error:
+            raise PipelineError(f"cannot read image {path}: {error.strerror}") from None
+        try:
+            outputs = serve(image_bytes=tf.constant([image_bytes]))
+        except tf.errors.InvalidArgumentError:
+            raise PipelineError(f"{path} is not a readable JPEG or PNG image") from None
+        top = zip(outputs["top_5_classes"].numpy()[0], outputs["top_5_probabilities"].numpy()[0])
+        results.append((path, [(int(index), *names[index], float(probability))
+                               for index, probability in top]))
+    return results
+
+
+def define_flags():
+    flags.DEFINE_string("saved_model_dir", None, "An export of imagenet_main (a numbered version dir).")
+    flags.mark_flag_as_required("saved_model_dir")
+
+
+def main(argv):
+    if len(argv) < 2:
+        sys.exit("error: name at least one image file after the flags")
+    try:
+        results = classify(flags.FLAGS.saved_model_dir, argv[1:])
+    except PipelineError as error:
+        sys.exit(f"error: {error}")
+    for path, top in results:
+        print(path)
+        for index, name, text, probability in top:
+            print(f"  {probability:7.2%}  {index:5d}  {name}  {text}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

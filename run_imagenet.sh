@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# The whole pipeline in one command.
+#
+#   ./run_imagenet.sh                      # demo: builds a small synthetic ImageNet-layout dataset,
+#                                          # shards it, trains, evaluates, exports, serves one image
+#   DATA_DIR=/data/imagenet-tfrecords MODEL_DIR=/ckpt/xception ./run_imagenet.sh [imagenet_main flags]
+#                                          # the paper's recipe on every visible GPU
+#
+# Environment (real runs):
+#   DATA_DIR     TFRecord shards (train-*-of-*, validation-*-of-*); built first when missing and
+#                RAW_DIR is set.
+#   MODEL_DIR    checkpoints, TensorBoard summaries, run.log and export/.
+#   RAW_DIR      raw ImageNet: train/ (synset folders) or ILSVRC2012_img_train.tar; val/ or
+#                ILSVRC2012_img_val.tar with val_labels.txt (one synset per line); optional
+#                imagenet_metadata.txt and bboxes/ or ILSVRC2012_bbox_train_v2.tar.gz.
+#   NUM_GPUS     GPUs to use (default: all that `nvidia-smi -L` lists; 0 trains on the CPU).
+#   WORKER_HOSTS, TASK_INDEX   one worker of a multi-machine job (host:port,host:port and this
+#                machine's index); every worker runs the same command.
+# Demo: DEMO_DIR (default ./demo_output) holds everything it makes; re-running resumes.
+# Extra arguments go to official.xception.imagenet_main unchanged (they win over the defaults here).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+source tools/venv.sh
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+step() {
+    echo
+    echo "=== $* ===" >&2
+}
+
+has_shards() {
+    compgen -G "$1/train-*-of-*" >/dev/null && compgen -G "$1/validation-*-of-*" >/dev/null
+}
+
+latest_export() {
+    ls -1d "$1"/[0-9]* 2>/dev/null | sort -n | tail -n 1
+}
+
+count_gpus() {
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
+    else
+        echo 0
+    fi
+}
+
+# Builds shards in $DATA_DIR from $RAW_DIR, choosing folders or the original archives.
+build_shards_from_raw() {
+    local raw="$1" out="$2" args=()
+    [[ -d "$raw" ]] || die "RAW_DIR=$raw is not a directory"
+    if [[ -d "$raw/train" ]]; then
+        args+=(--train_directory="$raw/train")
+    elif [[ -f "$raw/ILSVRC2012_img_train.tar" ]]; then
+        args+=(--train_tar="$raw/ILSVRC2012_img_train.tar")
+    else
+        die "RAW_DIR=$raw has neither train/ nor ILSVRC2012_img_train.tar"
+    fi
+    if [[ -d "$raw/val" ]]; then
+        args+=(--validation_directory="$raw/val")
+    elif [[ -f "$raw/ILSVRC2012_img_val.tar" ]]; then
+        args+=(--validation_tar="$raw/ILSVRC2012_img_val.tar")
+    else
+        die "RAW_DIR=$raw has neither val/ nor ILSVRC2012_img_val.tar"
+    fi
+    [[ -f "$raw/val_labels.txt" ]] && args+=(--validation_labels_file="$raw/val_labels.txt")
+    [[ -f "$raw/imagenet_metadata.txt" ]] && args+=(--imagenet_metadata_file="$raw/imagenet_metadata.txt")
+    local boxes=()
+    if [[ -d "$raw/bboxes" ]]; then
+        boxes=(--bounding_box_dir="$raw/bboxes")
+    elif [[ -f "$raw/ILSVRC2012_bbox_train_v2.tar.gz" ]]; then
+        boxes=(--bounding_box_tar="$raw/ILSVRC2012_bbox_train_v2.tar.gz")
+    fi
+    mkdir -p "$out"
+    if (( ${#boxes[@]} )); then
+        step "Bounding boxes -> $out/bounding_boxes.csv"
+        python -m data_prep.process_bounding_boxes "${boxes[@]}" --output_file="$out/bounding_boxes.csv"
+        args+=(--bounding_box_file="$out/bounding_boxes.csv")
+    fi
+    step "Building TFRecord shards in $out"
+    python -m data_prep.build_imagenet_data "${args[@]}" --output_directory="$out" ${SHARD_FLAGS:-}
+}
+
+run_demo() {
+    local demo="${DEMO_DIR:-$PWD/demo_output}"
+    local raw="$demo/raw" shards="$demo/shards" model="$demo/model"
+    mkdir -p "$demo"
+    if [[ ! -f "$raw/val_labels.txt" ]]; then
+        step "Generating the demo dataset (5 classes of synthetic shapes, ImageNet layout) in $raw"
+        python -m data_prep.make_demo_dataset --output_dir="$raw"
+    fi
+    # The build resumes: finished shards that match its summary are kept.
+    SHARD_FLAGS="--train_shards=8 --validation_shards=2" build_shards_from_raw "$raw" "$shards"
+
+    step "Training Xception at 71x71 on the CPU (a few minutes), evaluating, exporting"
+    python -m official.xception.imagenet_main --data_dir="$shards" --model_dir="$model" \
+        --export_dir="$model/export" --num_gpus=0 --image_size=71 --batch_size=32 \
+        --train_epochs=10 --epochs_between_evals=10 --base_learning_rate=0.1 --base_batch_size=32 \
+        --warmup_epochs=1 --learning_rate_schedule=cosine --moving_average_decay=0.99 \
+        --dropout_rate=0.0 --batch_norm_momentum=0.9 --shuffle_buffer=1000 --log_steps=20 "$@" 2>&1 | tee -a "$model.log"
+    local export
+    export="$(latest_export "$model/export")"
+    [[ -n "$export" ]] || die "training finished without an export in $model/export (see $model.log)"
+
+    step "Evaluating the SavedModel $export on the validation shards"
+    local figures
+    figures="$(python -m official.xception.evaluate_saved_model --saved_model_dir="$export" \
+        --data_dir="$shards" | tail -n 1)"
+    echo "$figures"
+
+    local image
+    local images=("$raw"/val/*)
+    image="${images[0]}"
+    step "Classifying $image through serving_default"
+    python -m official.xception.classify_image --saved_model_dir="$export" "$image"
+
+    cat <<EOF
+
+Demo finished.
+  raw dataset:      $raw
+  TFRecord shards:  $shards (build_summary.json beside them)
+  checkpoints:      $model (tensorboard --logdir=$model)
+  training log:     $model.log
+  SavedModel:       $export
+  SavedModel evaluation: $figures (chance is 0.2)
+EOF
+}
+
+run_real() {
+    [[ -n "${MODEL_DIR:-}" ]] || die "set MODEL_DIR (checkpoints, logs and exports go there) along with DATA_DIR"
+    if ! has_shards "$DATA_DIR"; then
+        if [[ -n "${RAW_DIR:-}" ]]; then
+            build_shards_from_raw "$RAW_DIR" "$DATA_DIR"
+        elif [[ -d "$DATA_DIR" ]]; then
+            die "DATA_DIR=$DATA_DIR has no train-*-of-* and validation-*-of-* shards; set RAW_DIR=<raw ImageNet> to build them"
+        else
+            die "DATA_DIR=$DATA_DIR does not exist; point it at the TFRecord shards (or set RAW_DIR to build them there)"
+        fi
+    fi
+
+    local found
+    found="$(count_gpus)"
+    local gpus="${NUM_GPUS:-$found}"
+    [[ "$gpus" =~ ^[0-9]+$ ]] || die "NUM_GPUS=$gpus is not a number"
+    if (( gpus > found )); then
+        die "NUM_GPUS=$gpus requested but nvidia-smi -L lists $found GPU(s) on $(hostname); check the driver and CUDA_VISIBLE_DEVICES, or set NUM_GPUS=0 to train on the CPU"
+    fi
+    (( gpus > 0 )) || echo "warning: no GPUs found; training on the CPU will be very slow" >&2
+
+    local cluster=()
+    if [[ -n "${WORKER_HOSTS:-}" ]]; then
+        [[ -n "${TASK_INDEX:-}" ]] || die "WORKER_HOSTS is set: set TASK_INDEX to this machine's index in it too"
+        cluster=(--distribution_strategy=multi_worker_mirrored --worker_hosts="$WORKER_HOSTS"
+                 --task_index="$TASK_INDEX")
+    fi
+
+    mkdir -p "$MODEL_DIR"
+    step "Training (log: $MODEL_DIR/run.log)"
+    python -m official.xception.imagenet_main --data_dir="$DATA_DIR" --model_dir="$MODEL_DIR" \
+        --num_gpus="$gpus" --export_dir="$MODEL_DIR/export" "${cluster[@]}" "$@" \
+        2>&1 | tee -a "$MODEL_DIR/run.log"
+    local export
+    export="$(latest_export "$MODEL_DIR/export")"
+    if [[ -n "$export" ]]; then
+        step "Evaluating the SavedModel $export"
+        python -m official.xception.evaluate_saved_model --saved_model_dir="$export" \
+            --data_dir="$DATA_DIR" 2>&1 | tee -a "$MODEL_DIR/run.log"
+    fi
+}
+
+if [[ -n "${DATA_DIR:-}" ]]; then
+    run_real "$@"
+else
+    [[ -z "${MODEL_DIR:-}${RAW_DIR:-}" ]] || die "MODEL_DIR/RAW_DIR are set but DATA_DIR is not: set DATA_DIR (where the shards are or go) too"
+    run_demo "$@"
+fi

@@ -1,0 +1,65 @@
+"""run_imagenet.sh: the no-argument demo end to end, and its failure paths."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests import record_fixtures
+
+# The script in the source tree (not a runfiles symlink), so that it finds the project's .venv.
+SCRIPT = os.path.realpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "run_imagenet.sh"))
+
+
+def _run(env_updates, *args, timeout=120):
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("DATA_DIR", "MODEL_DIR", "RAW_DIR", "NUM_GPUS", "WORKER_HOSTS",
+                          "TASK_INDEX", "DEMO_DIR")}
+    env.update(env_updates)
+    return subprocess.run(["bash", SCRIPT, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_demo_runs_end_to_end_and_learns(tmp_path):
+    result = _run({"DEMO_DIR": str(tmp_path)}, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = re.search(r"SavedModel evaluation: top_1_accuracy=([\d.]+) top_5_accuracy=([\d.]+) "
+                        r"examples=100 ", result.stdout)
+    assert figures, result.stdout[-3000:]
+    assert float(figures.group(1)) >= 0.5  # five classes: chance is 0.2
+    assert "ILSVRC2012_val_00000001.JPEG\n" in result.stdout  # classified through serving_default
+    export = re.search(r"SavedModel:\s+(\S+)", result.stdout).group(1)
+    assert os.path.isfile(os.path.join(export, "saved_model.pb"))
+    assert os.path.isfile(tmp_path / "shards" / "build_summary.json")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"DATA_DIR": "/nonexistent/shards", "MODEL_DIR": "{tmp}/model"},
+     "error: DATA_DIR=/nonexistent/shards does not exist"),
+    ({"DATA_DIR": "{tmp}", "MODEL_DIR": "{tmp}/model"},
+     "has no train-*-of-* and validation-*-of-* shards; set RAW_DIR"),
+    ({"DATA_DIR": "{tmp}"}, "error: set MODEL_DIR"),
+    ({"MODEL_DIR": "{tmp}/model"}, "error: MODEL_DIR/RAW_DIR are set but DATA_DIR is not"),
+    ({"DATA_DIR": "{shards}", "MODEL_DIR": "{tmp}/model", "NUM_GPUS": "2"},
+     "error: NUM_GPUS=2 requested but nvidia-smi -L lists 0 GPU(s)"),
+    ({"DATA_DIR": "{shards}", "MODEL_DIR": "{tmp}/model", "WORKER_HOSTS": "a:1,b:1"},
+     "error: WORKER_HOSTS is set: set TASK_INDEX"),
+])
+def test_failure_paths_print_one_clear_line(tmp_path, env, message):
+    if "NUM_GPUS" in env and os.path.exists("/dev/nvidia0"):
+        pytest.skip("this machine has GPUs")
+    shards = tmp_path / "shards"
+    record_fixtures.write_labelled_split(str(shards), "train", [1, 2], num_shards=1)
+    record_fixtures.write_labelled_split(str(shards), "validation", [1], num_shards=1)
+    env = {key: value.format(tmp=tmp_path, shards=shards) for key, value in env.items()}
+    result = _run(env)
+    assert result.returncode == 1
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
