@@ -4,11 +4,16 @@ The build process lists inputs, plans every shard (which images, in which order)
 worker processes. Each shard's bytes depend only on its plan, so output is identical for any number of
 workers, and a finished shard that the summary vouches for (same plan digest, size and SHA-256) is reused
 when the same command runs again.
+
+Class names are the class folder names, whatever they are (ImageNet synsets, "Golden retriever",
+"café"); without a separate validation set, --validation_fraction holds out part of every class (holdout).
+build_summary.json describes the result; its schema is in _Summary's docstring.
 """
 
 import collections
 import dataclasses
 import fcntl
+import hashlib
 import json
 import multiprocessing
 import os
@@ -18,12 +23,14 @@ import time
 import typing
 
 from data_prep import bounding_boxes
+from data_prep import holdout
 from data_prep import inputs
 from data_prep import shard_plan
 from data_prep.errors import DataPrepError
 from data_prep.progress import ProgressReporter, format_duration
 
 SUMMARY_NAME = "build_summary.json"
+HOLDOUT_LIST_NAME = "validation_holdout.tsv"
 LOCK_NAME = ".build_lock"
 _SHARD_PATTERN = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
 
@@ -39,6 +46,8 @@ class BuildConfig:
     labels_file: typing.Optional[str] = None
     imagenet_metadata_file: typing.Optional[str] = None
     bounding_box_file: typing.Optional[str] = None
+    # Hold out this fraction of every class's training images as the validation split (see holdout).
+    validation_fraction: typing.Optional[float] = None
     train_shards: int = 1024
     validation_shards: int = 128
     num_workers: int = 1
@@ -54,11 +63,21 @@ def _check_config(config):
         raise DataPrepError("give --train_directory or --train_tar, not both")
     if config.validation_directory and config.validation_tar:
         raise DataPrepError("give --validation_directory or --validation_tar, not both")
+    if config.validation_labels_file and not (config.validation_directory or config.validation_tar):
+        raise DataPrepError("--validation_labels_file needs --validation_directory or --validation_tar")
+    if config.validation_fraction is not None:
+        if config.validation_directory or config.validation_tar:
+            raise DataPrepError("give --validation_fraction (hold out part of the training images) or "
+                                "--validation_directory/--validation_tar (a separate validation set), not both")
+        if not (config.train_directory or config.train_tar):
+            raise DataPrepError("--validation_fraction holds out part of the training images: give "
+                                "--train_directory or --train_tar")
+        if not 0 < config.validation_fraction < 1:
+            raise DataPrepError(f"--validation_fraction must be between 0 and 1 (e.g. 0.1 holds out 10% of "
+                                f"every class), not {config.validation_fraction}")
     if not (config.train_directory or config.train_tar or config.validation_directory or config.validation_tar):
         raise DataPrepError("nothing to build: give --train_directory/--train_tar and/or "
                             "--validation_directory/--validation_tar")
-    if config.validation_labels_file and not (config.validation_directory or config.validation_tar):
-        raise DataPrepError("--validation_labels_file needs --validation_directory or --validation_tar")
     if config.first_label not in (0, 1):
         raise DataPrepError(f"--first_label must be 1 (labels 1..N, 0 = background, the established "
                             f"convention) or 0 (labels 0..N-1), not {config.first_label}")
@@ -76,39 +95,49 @@ class _SplitPlan:
     name: str
     entries: list          # shuffled ShardEntry list
     num_shards: int
+    non_images: list       # inputs.NonImageFile found among this split's inputs
+
+
+@dataclasses.dataclass
+class _Plan:
+    synsets: list          # class names in label order
+    labels: dict           # class name → label
+    texts: dict            # class name → image/class/text
+    splits: list           # _SplitPlan, train first
+    held_out: typing.Optional[dict]  # {class name: [ImageSource]} held out by --validation_fraction
 
 
 def _class_texts(config, synsets):
     if not config.imagenet_metadata_file:
-        return {synset: "" for synset in synsets}
+        return {synset: synset for synset in synsets}
     metadata = inputs.read_metadata(config.imagenet_metadata_file)
     missing = [synset for synset in synsets if synset not in metadata]
     if missing:
         raise DataPrepError(f"--imagenet_metadata_file {config.imagenet_metadata_file} has no line for "
-                            f"{len(missing)} classes (first: {missing[0]}); use the full synset list")
+                            f"{len(missing)} classes (first: {missing[0]!r}); give every class a line")
     return {synset: metadata[synset] for synset in synsets}
 
 
 def _check_known(synsets, labels, what):
     unknown = [synset for synset in synsets if synset not in labels]
     if unknown:
-        raise DataPrepError(f"{what} has {len(unknown)} synsets that are not among the classes (first: "
-                            f"{unknown[0]}); fix --labels_file or the input")
+        raise DataPrepError(f"{what} has {len(unknown)} classes that are not among the classes of "
+                            f"--labels_file (first: {unknown[0]!r}); fix --labels_file or the input")
 
 
 def _validation_sources(config, labels):
-    """[(synset, ImageSource)] for the validation split."""
+    """([(synset, ImageSource)], [NonImageFile]) for the validation split."""
     flag = "--validation_directory" if config.validation_directory else "--validation_tar"
     if config.validation_directory:
-        layout, listing = inputs.list_validation_directory(config.validation_directory, flag)
+        layout, listing, non_images = inputs.list_validation_directory(config.validation_directory, flag)
     else:
-        layout, listing = "flat", inputs.list_flat_tar(config.validation_tar, flag)
+        layout, (listing, non_images) = "flat", inputs.list_flat_tar(config.validation_tar, flag)
     if layout == "classes":
         if config.validation_labels_file:
-            raise DataPrepError(f"{flag} {config.validation_directory} is already in synset folders; drop "
+            raise DataPrepError(f"{flag} {config.validation_directory} is already in class folders; drop "
                                 f"--validation_labels_file (it is for flat validation images)")
         _check_known(listing, labels, f"{flag} {config.validation_directory}")
-        return [(synset, source) for synset, sources in listing.items() for source in sources]
+        return [(synset, source) for synset, sources in listing.items() for source in sources], non_images
     if not config.validation_labels_file:
         raise DataPrepError(f"{flag} holds flat images: give --validation_labels_file (one synset per line, "
                             f"in sorted file-name order)")
@@ -120,17 +149,17 @@ def _validation_sources(config, labels):
         if synset not in labels:
             raise DataPrepError(f"--validation_labels_file {config.validation_labels_file} line {number}: "
                                 f"synset {synset} is not among the classes; fix --labels_file or the labels")
-    return [(synset, source) for (_, synset), source in zip(lines, listing)]
+    return [(synset, source) for (_, synset), source in zip(lines, listing)], non_images
 
 
 def _plan_splits(config, log):
-    train_classes = None
+    train_classes, train_non_images = None, []
     if config.train_directory:
-        train_classes = inputs.list_class_folders(config.train_directory, "--train_directory")
+        train_classes, train_non_images = inputs.list_class_folders(config.train_directory, "--train_directory")
     elif config.train_tar:
-        train_classes = inputs.list_train_tar(config.train_tar, "--train_tar")
+        train_classes, train_non_images = inputs.list_train_tar(config.train_tar, "--train_tar")
     if config.labels_file:
-        synsets = inputs.read_synsets(config.labels_file, "--labels_file")
+        synsets = inputs.read_class_names(config.labels_file, "--labels_file")
     elif train_classes is not None:
         synsets = sorted(train_classes)
     else:
@@ -144,27 +173,35 @@ def _plan_splits(config, log):
         return shard_plan.ShardEntry(source, labels[synset], synset, texts[synset],
                                      tuple(boxes.get(source.file_name, ())))
 
-    split_sources = {}
+    def pairs(classes):
+        return [(synset, source) for synset in synsets for source in classes.get(synset, ())]
+
+    split_sources, held_out = {}, None
     if train_classes is not None:
         _check_known(train_classes, labels, "--train_directory" if config.train_directory else "--train_tar")
+        if config.validation_fraction is not None:
+            train_classes, held_out = holdout.split_classes(
+                {synset: train_classes.get(synset, []) for synset in synsets}, config.validation_fraction,
+                config.seed)
         missing = [synset for synset in synsets if synset not in train_classes]
         if missing:
             log.write(f"warning: {len(missing)} classes of --labels_file have no training images "
-                      f"(first: {missing[0]})\n")
-        split_sources["train"] = [(synset, source) for synset in synsets
-                                  for source in train_classes.get(synset, ())]
-    if config.validation_directory or config.validation_tar:
+                      f"(first: {missing[0]!r})\n")
+        split_sources["train"] = pairs(train_classes), train_non_images
+    if held_out is not None:
+        split_sources["validation"] = pairs(held_out), []
+    elif config.validation_directory or config.validation_tar:
         split_sources["validation"] = _validation_sources(config, labels)
 
     plans = []
-    for name, pairs in split_sources.items():
+    for name, (split_pairs, non_images) in split_sources.items():
         num_shards = config.train_shards if name == "train" else config.validation_shards
-        if num_shards > len(pairs):
-            raise DataPrepError(f"--{name}_shards={num_shards} is more than the {len(pairs):,} {name} images; "
-                                f"use at most {len(pairs):,} shards")
-        entries = shard_plan.shuffled([entry(synset, source) for synset, source in pairs], config.seed)
-        plans.append(_SplitPlan(name, entries, num_shards))
-    return synsets, labels, texts, plans
+        if num_shards > len(split_pairs):
+            raise DataPrepError(f"--{name}_shards={num_shards} is more than the {len(split_pairs):,} {name} "
+                                f"images; use at most {len(split_pairs):,} shards")
+        entries = shard_plan.shuffled([entry(synset, source) for synset, source in split_pairs], config.seed)
+        plans.append(_SplitPlan(name, entries, num_shards, non_images))
+    return _Plan(synsets, labels, texts, plans, held_out)
 
 
 class _OutputDirectory:
@@ -213,12 +250,12 @@ def _read_previous_summary(path, log):
         return {}
 
 
-def _write_json_atomically(path, content):
+def _write_atomically(path, text):
     temporary = path + ".incomplete"
-    with open(temporary, "w", encoding="utf-8") as json_file:
-        json.dump(content, json_file, indent=1)
-        json_file.flush()
-        os.fsync(json_file.fileno())
+    with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as output:
+        output.write(text)
+        output.flush()
+        os.fsync(output.fileno())
     os.replace(temporary, path)
 
 
@@ -258,22 +295,53 @@ def _run_tasks(tasks, num_workers):
         yield from pool.imap_unordered(shard_plan.run_shard_task, tasks, chunksize=1)
 
 
-class _Summary:
-    """build_summary.json, rewritten atomically after every shard so a later run can trust it."""
+def _kind_counts(non_images):
+    return dict(sorted(collections.Counter(non_image.kind for non_image in non_images).items()))
 
-    def __init__(self, config, synsets, labels, texts, plans, previous):
+
+class _Summary:
+    """build_summary.json, rewritten atomically after every shard so a later run can trust it.
+
+    Schema (readers rely on the keys marked *; the rest is for people and may grow):
+      status*                 "in_progress", "failed" or "complete"; only "complete" vouches for every shard
+      first_label*            label of the first class: 1 (0 = background) or 0
+      classes*                [{"label", "name", "text"}] for every class in label order; "name" is the class
+                              folder name (image/class/synset), "text" image/class/text (the metadata text,
+                              else the name)
+      settings                the BuildConfig fields, plus label_range [first, last]
+      validation_holdout      null, or how --validation_fraction chose the validation split: {"fraction",
+                              "seed", "images", "file_list" (a file next to this one listing each held-out
+                              image as 'class<TAB>path inside the class folder'), "file_list_sha256"}
+      splits*                 {"train"|"validation": {
+                                num_shards, shards_done,
+                                images_found      images planned into the split's shards
+                                images_written*   records in the shards done so far
+                                images_skipped    unusable images (listed in skipped_files)
+                                non_image_files_skipped, non_image_files_by_kind {".txt": 3, ...}: files
+                                                  that are not images, skipped without a warning
+                                classes*          {name: {label*, text*, images_found, images_skipped,
+                                                  non_image_files_skipped}} for classes present in the split
+                              }}
+      skipped_files           [{"split", "path", "reason"}] unusable images
+      converted_files         [{"split", "path", "conversion"}] images stored after conversion to RGB JPEG
+      elapsed_seconds, shards_reused_from_earlier_run, worker_seconds_per_stage
+      shards                  {shard name: {records, bytes, sha256, plan_digest, skipped, converted}}
+    """
+
+    def __init__(self, config, plan, holdout_summary, previous):
         self.path = os.path.join(config.output_directory, SUMMARY_NAME)
-        planned_names = {shard_plan.shard_name(plan.name, index, plan.num_shards)
-                         for plan in plans for index in range(plan.num_shards)}
+        planned_names = {shard_plan.shard_name(split.name, index, split.num_shards)
+                         for split in plan.splits for index in range(split.num_shards)}
         # Shards of this plan count only once a worker has (re)built or verified them in this run; others
         # (e.g. the split not being rebuilt now) are kept so a later run can still reuse them.
         self.shards = {name: entry for name, entry in previous.get("shards", {}).items()
                        if name not in planned_names}
-        self._plans = plans
-        self._synsets, self._labels, self._texts = synsets, labels, texts
+        self._plan = plan
+        self._first_label = config.first_label
+        self._holdout_summary = holdout_summary
         self._settings = {key: value for key, value in dataclasses.asdict(config).items()
                           if key != "progress_interval"}
-        self._settings["label_range"] = [config.first_label, config.first_label + len(synsets) - 1]
+        self._settings["label_range"] = [config.first_label, config.first_label + len(plan.synsets) - 1]
         self.stage_seconds = collections.defaultdict(float)
         self.reused = 0
         self.start = time.monotonic()
@@ -284,39 +352,49 @@ class _Summary:
         for stage, seconds in result.stage_seconds.items():
             self.stage_seconds[stage] += seconds
 
-    def _current_shards(self, plan):
-        names = [shard_plan.shard_name(plan.name, index, plan.num_shards) for index in range(plan.num_shards)]
+    def _current_shards(self, split):
+        names = [shard_plan.shard_name(split.name, index, split.num_shards) for index in range(split.num_shards)]
         return {name: self.shards[name] for name in names if name in self.shards}
 
     def bad_file_count(self):
-        return sum(len(entry["skipped"]) for plan in self._plans for entry in self._current_shards(plan).values())
+        return sum(len(entry["skipped"]) for split in self._plan.splits
+                   for entry in self._current_shards(split).values())
 
     def content(self, status):
+        plan = self._plan
         splits, skipped_files, converted_files = {}, [], []
-        for plan in self._plans:
-            shards = self._current_shards(plan)
+        for split in plan.splits:
+            shards = self._current_shards(split)
             skipped_per_class = collections.Counter()
             for entry in shards.values():
                 for path, synset, reason in entry["skipped"]:
                     skipped_per_class[synset] += 1
-                    skipped_files.append({"split": plan.name, "path": path, "reason": reason})
-                converted_files.extend({"split": plan.name, "path": path, "conversion": conversion}
+                    skipped_files.append({"split": split.name, "path": path, "reason": reason})
+                converted_files.extend({"split": split.name, "path": path, "conversion": conversion}
                                        for path, conversion in entry["converted"])
-            planned_per_class = collections.Counter(entry.synset for entry in plan.entries)
-            splits[plan.name] = {
-                "num_shards": plan.num_shards,
+            planned_per_class = collections.Counter(entry.synset for entry in split.entries)
+            non_images_per_class = collections.Counter(non_image.class_name for non_image in split.non_images)
+            splits[split.name] = {
+                "num_shards": split.num_shards,
                 "shards_done": len(shards),
-                "images_found": len(plan.entries),
+                "images_found": len(split.entries),
                 "images_written": sum(entry["records"] for entry in shards.values()),
                 "images_skipped": sum(skipped_per_class.values()),
-                "classes": {synset: {"label": self._labels[synset], "text": self._texts[synset],
+                "non_image_files_skipped": len(split.non_images),
+                "non_image_files_by_kind": _kind_counts(split.non_images),
+                "classes": {synset: {"label": plan.labels[synset], "text": plan.texts[synset],
                                      "images_found": planned_per_class[synset],
-                                     "images_skipped": skipped_per_class[synset]}
-                            for synset in self._synsets if planned_per_class[synset]},
+                                     "images_skipped": skipped_per_class[synset],
+                                     "non_image_files_skipped": non_images_per_class[synset]}
+                            for synset in plan.synsets if planned_per_class[synset]},
             }
         return {
             "status": status,
+            "first_label": self._first_label,
+            "classes": [{"label": plan.labels[synset], "name": synset, "text": plan.texts[synset]}
+                        for synset in plan.synsets],
             "settings": self._settings,
+            "validation_holdout": self._holdout_summary,
             "splits": splits,
             "skipped_files": skipped_files,
             "converted_files": converted_files,
@@ -329,9 +407,48 @@ class _Summary:
 
     def write(self, status):
         try:
-            _write_json_atomically(self.path, self.content(status))
+            _write_atomically(self.path, json.dumps(self.content(status), indent=1))
         except OSError as error:
             raise DataPrepError(f"cannot write {self.path}: {error.strerror or error}") from None
+
+
+def _write_holdout_list(config, plan):
+    """Writes (or, when this run has a validation split from elsewhere, removes) the held-out file list;
+    returns the summary's validation_holdout entry."""
+    path = os.path.join(config.output_directory, HOLDOUT_LIST_NAME)
+    try:
+        if plan.held_out is None:
+            if any(split.name == "validation" for split in plan.splits) and os.path.exists(path):
+                os.remove(path)  # it described validation shards this run replaces
+            return None
+        text = holdout.held_out_list(plan.held_out)
+        _write_atomically(path, text)
+    except OSError as error:
+        raise DataPrepError(f"cannot write {path}: {error.strerror or error}") from None
+    return {"fraction": config.validation_fraction, "seed": config.seed,
+            "images": sum(len(sources) for sources in plan.held_out.values()),
+            "file_list": HOLDOUT_LIST_NAME,
+            "file_list_sha256": hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()}
+
+
+def _describe_split(split, held_out):
+    line = (f"{split.name}: {len(split.entries):,} images in {len({e.synset for e in split.entries}):,} "
+            f"classes → {split.num_shards:,} shards")
+    if split.name == "validation" and held_out:
+        line += f" (held out of the training images, listed in {HOLDOUT_LIST_NAME})"
+    if split.non_images:
+        kinds = ", ".join(f"{kind} ×{count}" for kind, count in _kind_counts(split.non_images).items())
+        line += f"; {len(split.non_images):,} non-image files left out ({kinds})"
+    return line + "\n"
+
+
+def _warn_about_classes_without_images(content, log):
+    for name, split in content["splits"].items():
+        empty = [synset for synset, entry in split["classes"].items()
+                 if entry["images_found"] == entry["images_skipped"]]
+        if empty:
+            log.write(f"warning: {len(empty)} classes have no usable {name} image (first: {empty[0]!r}); "
+                      f"see 'skipped_files' in {SUMMARY_NAME}\n")
 
 
 def build(config, log=None):
@@ -340,17 +457,16 @@ def build(config, log=None):
     _check_config(config)
     output = _OutputDirectory(config.output_directory)
     try:
-        synsets, labels, texts, plans = _plan_splits(config, log)
-        output.check_no_foreign_shards(plans)
+        plan = _plan_splits(config, log)
+        output.check_no_foreign_shards(plan.splits)
         output.remove_incomplete_files()
         summary_path = os.path.join(config.output_directory, SUMMARY_NAME)
         previous = _read_previous_summary(summary_path, log)
-        tasks = _make_tasks(config, plans, previous.get("shards", {}))
-        summary = _Summary(config, synsets, labels, texts, plans, previous)
+        tasks = _make_tasks(config, plan.splits, previous.get("shards", {}))
+        summary = _Summary(config, plan, _write_holdout_list(config, plan), previous)
         summary.write("in_progress")
-        for plan in plans:
-            log.write(f"{plan.name}: {len(plan.entries):,} images in {len({e.synset for e in plan.entries}):,} "
-                      f"classes → {plan.num_shards:,} shards\n")
+        for split in plan.splits:
+            log.write(_describe_split(split, plan.held_out))
         planned_images = {task.name: len(task.entries) for task in tasks}
         progress = ProgressReporter("build", sum(planned_images.values()), interval=config.progress_interval,
                                     stream=log)
@@ -376,6 +492,7 @@ def build(config, log=None):
         content = summary.content("complete")
     finally:
         output.close()
+    _warn_about_classes_without_images(content, log)
     log.write(f"done in {format_duration(content['elapsed_seconds'])}: " + ", ".join(
         f"{name} {split['images_written']:,} images ({split['images_skipped']:,} skipped)"
         for name, split in content["splits"].items())

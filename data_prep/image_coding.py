@@ -12,12 +12,12 @@ import re
 import tensorflow as tf
 from PIL import Image
 
+from data_prep.file_kinds import JPEG_MAGIC
 from data_prep.progress import StageTimes
 
 # Our own pixel limit is checked from the header before any decoding; Pillow's must not fire first.
 Image.MAX_IMAGE_PIXELS = None
 
-JPEG_MAGIC = b"\xff\xd8\xff"
 CONVERTIBLE_FORMATS = ("PNG", "GIF", "BMP", "TIFF", "WEBP")
 CONVERSION_QUALITY = 95
 # ratio=8 skips most of the inverse DCT but still reads the whole entropy-coded stream, so truncated or

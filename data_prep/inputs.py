@@ -1,6 +1,7 @@
 """Finding the raw images: class folders, flat folders, and the original ILSVRC2012 tars (read in place).
 
-Everything here only lists files and reads small text files; image bytes are read by the workers
+Everything here only lists files and reads small text files (and the first bytes of files whose name
+cannot tell whether they are images, see file_kinds); image bytes are read by the workers
 (`read_image_bytes`). Tars are indexed once (member headers only) and their members are then read by
 offset, so the 140 GB archives are never extracted and shard workers read them as fast as folders.
 """
@@ -9,6 +10,7 @@ import dataclasses
 import os
 import tarfile
 
+from data_prep import file_kinds
 from data_prep.errors import DataPrepError
 
 
@@ -20,6 +22,9 @@ class ImageSource:
     offset: int      # where the member's bytes start in the tar (0 for files)
     size: int
     mtime: int       # seconds; part of the identity used to decide whether a finished shard is still valid
+    # Where the image sits inside its class folder (or flat folder), the same for folders and tars: the
+    # held-out validation split is chosen by it, so both inputs give the same split.
+    relative_path: str
 
     @property
     def display_path(self):
@@ -31,6 +36,14 @@ class ImageSource:
 
     def identity(self):
         return f"{self.display_path}\0{self.offset}\0{self.size}\0{self.mtime}"
+
+
+@dataclasses.dataclass(frozen=True)
+class NonImageFile:
+    """A file in the input that is not an image (see file_kinds), skipped without a warning."""
+    class_name: str  # "" in flat folders
+    path: str
+    kind: str        # ".txt", "hidden file", "LICENSE", ...
 
 
 def read_image_bytes(source, open_tars):
@@ -47,15 +60,40 @@ def read_image_bytes(source, open_tars):
     return data
 
 
-def _is_listed(name):
-    # Dot files are editor/OS droppings (.DS_Store, ._foo from macOS tar), never ImageNet images.
-    return not name.startswith(".")
+def _read_header(source):
+    """The first bytes of `source`, or None when it cannot be read (the worker then reports it)."""
+    try:
+        with open(source.path, "rb") as raw_file:
+            return os.pread(raw_file.fileno(), min(file_kinds.HEADER_BYTES, source.size), source.offset)
+    except OSError:
+        return None
+
+
+def _images_only(sources, class_name, non_images):
+    """The sources that are images; the others are appended to `non_images` as NonImageFile."""
+    images = []
+    for source in sources:
+        kind = file_kinds.non_image_kind(source.file_name, lambda: _read_header(source))
+        if kind is None:
+            images.append(source)
+        else:
+            non_images.append(NonImageFile(class_name, source.display_path, kind))
+    return images
+
+
+def _check_class_name(name, where, flag):
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # Class names go into every record and the summary as UTF-8 text.
+        raise DataPrepError(f"class folder {where} under {flag} has a name that is not valid UTF-8 "
+                            f"({os.fsencode(name)!r}); rename it") from None
 
 
 def _scandir_sorted(directory, flag):
     try:
         with os.scandir(directory) as entries:
-            return sorted((entry for entry in entries if _is_listed(entry.name)), key=lambda e: e.name)
+            return sorted(entries, key=lambda entry: entry.name)
     except FileNotFoundError:
         raise DataPrepError(f"{flag} {directory} does not exist") from None
     except NotADirectoryError:
@@ -64,53 +102,62 @@ def _scandir_sorted(directory, flag):
         raise DataPrepError(f"cannot read {flag} {directory}: {error.strerror or error}") from None
 
 
-def _file_source(entry):
+def _is_folder(entry):
+    # Hidden folders (.git, .ipynb_checkpoints, ...) are tool droppings, neither classes nor image folders.
+    return entry.is_dir() and not entry.name.startswith(".")
+
+
+def _file_source(entry, root):
     stat = entry.stat()
-    return ImageSource(entry.path, "", 0, stat.st_size, int(stat.st_mtime))
+    return ImageSource(entry.path, "", 0, stat.st_size, int(stat.st_mtime), os.path.relpath(entry.path, root))
 
 
-def _files_under(directory, flag):
-    """Every listed file below `directory` (any depth), sorted by path relative to it (as tar members are)."""
+def _files_under(directory, flag, root):
+    """Every file below `directory` (any depth), sorted by path relative to `root` (as tar members are)."""
     sources = []
     for entry in _scandir_sorted(directory, flag):
-        if entry.is_dir():
-            sources.extend(_files_under(entry.path, flag))
+        if _is_folder(entry):
+            sources.extend(_files_under(entry.path, flag, root))
         elif entry.is_file():
-            sources.append(_file_source(entry))
-    return sorted(sources, key=lambda source: os.path.relpath(source.path, directory))
+            sources.append(_file_source(entry, root))
+    return sorted(sources, key=lambda source: source.relative_path)
 
 
 def list_class_folders(directory, flag):
-    """{synset: [ImageSource]} for a folder with one sub-folder per synset (files may be nested deeper).
+    """({class name: [ImageSource]}, [NonImageFile]) for a folder with one sub-folder per class (files may
+    be nested deeper). Class names are the folder names as they are (any characters).
 
     Files at the top level are ignored (e.g. the per-synset tars left next to extracted folders).
     """
-    classes = {}
+    classes, non_images = {}, []
     for entry in _scandir_sorted(directory, flag):
-        if entry.is_dir():
-            sources = _files_under(entry.path, flag)
+        if _is_folder(entry):
+            _check_class_name(entry.name, entry.path, flag)
+            sources = _images_only(_files_under(entry.path, flag, entry.path), entry.name, non_images)
             if not sources:
-                raise DataPrepError(f"class folder {entry.path} under {flag} is empty; restore its images "
-                                    f"or remove the folder")
+                raise DataPrepError(f"class folder {entry.path} under {flag} holds no images; restore its "
+                                    f"images or remove the folder")
             classes[entry.name] = sources
     if not classes:
-        raise DataPrepError(f"{flag} {directory} has no class sub-folders (expected one folder per synset)")
-    return classes
+        raise DataPrepError(f"{flag} {directory} has no class sub-folders (expected one folder per class)")
+    return classes, non_images
 
 
 def list_validation_directory(directory, flag):
-    """Returns ("flat", [ImageSource]) or ("classes", {synset: [ImageSource]})."""
+    """("flat", [ImageSource], [NonImageFile]) or ("classes", {class name: [ImageSource]}, [NonImageFile])."""
     entries = _scandir_sorted(directory, flag)
-    has_dirs = any(entry.is_dir() for entry in entries)
-    has_files = any(entry.is_file() for entry in entries)
-    if has_dirs and has_files:
-        raise DataPrepError(f"{flag} {directory} holds both image files and sub-folders; expected either "
-                            f"flat images (with --validation_labels_file) or one folder per synset")
-    if has_dirs:
-        return "classes", list_class_folders(directory, flag)
-    if not has_files:
-        raise DataPrepError(f"{flag} {directory} is empty")
-    return "flat", [_file_source(entry) for entry in entries if entry.is_file()]
+    non_images = []
+    files = _images_only([_file_source(entry, directory) for entry in entries if entry.is_file()], "",
+                         non_images)
+    if any(_is_folder(entry) for entry in entries):
+        if files:
+            raise DataPrepError(f"{flag} {directory} holds both image files and sub-folders; expected either "
+                                f"flat images (with --validation_labels_file) or one folder per class")
+        classes, class_non_images = list_class_folders(directory, flag)
+        return "classes", classes, non_images + class_non_images
+    if not files:
+        raise DataPrepError(f"{flag} {directory} holds no images")
+    return "flat", files, non_images
 
 
 class _TarMemberWindow:
@@ -148,12 +195,14 @@ def _open_tar(raw_file, flag, tar_path, start=0, size=None):
 
 
 def _tar_files(archive, flag, tar_path, base_offset=0, prefix=""):
-    """(name, ImageSource) for the regular files of an open tar, in archive order."""
+    """ImageSources for the regular files of an open tar, in archive order, leaving out what is inside
+    hidden folders (as folder listing does)."""
     try:
         for member in archive:
-            if member.isfile() and _is_listed(os.path.basename(member.name)):
-                yield member.name, ImageSource(tar_path, prefix + member.name, base_offset + member.offset_data,
-                                               member.size, int(member.mtime))
+            folders = os.path.dirname(member.name).split("/")
+            if member.isfile() and not any(folder.startswith(".") for folder in folders):
+                yield ImageSource(tar_path, prefix + member.name, base_offset + member.offset_data, member.size,
+                                  int(member.mtime), member.name)
     except (tarfile.TarError, OSError, EOFError) as error:
         raise DataPrepError(f"{flag} {tar_path} is truncated or corrupt ({error}); download it again") from None
 
@@ -173,39 +222,44 @@ def _open_raw(tar_path, flag):
 
 
 def list_train_tar(tar_path, flag="--train_tar"):
-    """{synset: [ImageSource]} from ILSVRC2012_img_train.tar: a tar of `<synset>.tar` tars."""
-    classes = {}
+    """({class name: [ImageSource]}, [NonImageFile]) from ILSVRC2012_img_train.tar: a tar of
+    `<class name>.tar` tars."""
+    classes, non_images = {}, []
     with _open_raw(tar_path, flag) as raw_file:
         outer = _open_tar(raw_file, flag, tar_path)
-        for name, inner_source in list(_tar_files(outer, flag, tar_path)):
-            synset, extension = os.path.splitext(os.path.basename(name))
-            if extension != ".tar":
+        for inner_source in list(_tar_files(outer, flag, tar_path)):
+            name = inner_source.member
+            class_name, extension = os.path.splitext(os.path.basename(name))
+            if extension != ".tar" or class_name.startswith("."):
                 continue
+            _check_class_name(class_name, f"{tar_path}:{name}", flag)
             inner = _open_tar(raw_file, flag, f"{tar_path}:{name}", inner_source.offset, inner_source.size)
-            sources = [source for _, source in
-                       _tar_files(inner, flag, tar_path, inner_source.offset, prefix=name + "/")]
+            sources = _images_only(_tar_files(inner, flag, tar_path, inner_source.offset, prefix=name + "/"),
+                                   class_name, non_images)
             if not sources:
                 raise DataPrepError(f"{tar_path}:{name} under {flag} holds no images; download the archive "
                                     f"again")
-            classes[synset] = sorted(sources, key=lambda source: source.member)
+            classes[class_name] = sorted(sources, key=lambda source: source.relative_path)
     if not classes:
         raise DataPrepError(f"{flag} {tar_path} holds no <synset>.tar archives; is it ILSVRC2012_img_train.tar?")
-    return dict(sorted(classes.items()))
+    return dict(sorted(classes.items())), non_images
 
 
 def list_flat_tar(tar_path, flag="--validation_tar"):
-    """[ImageSource] of a flat tar (ILSVRC2012_img_val.tar), sorted by file name."""
+    """([ImageSource], [NonImageFile]) of a flat tar (ILSVRC2012_img_val.tar), sorted by file name."""
+    non_images = []
     with _open_raw(tar_path, flag) as raw_file:
-        sources = [source for _, source in _tar_files(_open_tar(raw_file, flag, tar_path), flag, tar_path)]
+        sources = _images_only(_tar_files(_open_tar(raw_file, flag, tar_path), flag, tar_path), "", non_images)
     if not sources:
-        raise DataPrepError(f"{flag} {tar_path} holds no files")
-    return sorted(sources, key=lambda source: source.file_name)
+        raise DataPrepError(f"{flag} {tar_path} holds no images")
+    return sorted(sources, key=lambda source: source.file_name), non_images
 
 
 def read_lines(path, flag):
     """Non-blank, stripped lines of a small text file, with (line number, text)."""
     try:
-        with open(path, encoding="utf-8") as text_file:
+        # utf-8-sig: editors on Windows start UTF-8 files with a byte-order mark that is not text.
+        with open(path, encoding="utf-8-sig") as text_file:
             return [(number, line.strip()) for number, line in enumerate(text_file, start=1) if line.strip()]
     except FileNotFoundError:
         raise DataPrepError(f"{flag} {path} does not exist") from None
@@ -215,28 +269,29 @@ def read_lines(path, flag):
         raise DataPrepError(f"cannot read {flag} {path}: {error.strerror or error}") from None
 
 
-def read_synsets(path, flag):
-    """The synset list of a labels file (one per line), checking for duplicates."""
-    synsets = []
+def read_class_names(path, flag):
+    """The class names of a labels file (one per line; spaces allowed), checking for duplicates."""
+    names = []
     seen = {}
     for number, text in read_lines(path, flag):
         if text in seen:
-            raise DataPrepError(f"{flag} {path} line {number}: synset {text} already on line {seen[text]}")
-        if any(character.isspace() for character in text):
-            raise DataPrepError(f"{flag} {path} line {number}: expected one synset per line, got {text!r}")
+            raise DataPrepError(f"{flag} {path} line {number}: class {text!r} already on line {seen[text]}")
+        if "\t" in text:
+            raise DataPrepError(f"{flag} {path} line {number}: expected one class name per line, got {text!r} "
+                                f"('name<TAB>text' lines belong in --imagenet_metadata_file)")
         seen[text] = number
-        synsets.append(text)
-    if not synsets:
+        names.append(text)
+    if not names:
         raise DataPrepError(f"{flag} {path} is empty")
-    return synsets
+    return names
 
 
 def read_metadata(path, flag="--imagenet_metadata_file"):
-    """{synset: human-readable text} from `synset<TAB>text` lines."""
+    """{class name: human-readable text} from `name<TAB>text` lines."""
     texts = {}
     for number, text in read_lines(path, flag):
-        synset, tab, human = text.partition("\t")
+        name, tab, human = text.partition("\t")
         if not tab:
-            raise DataPrepError(f"{flag} {path} line {number}: expected 'synset<TAB>text', got {text!r}")
-        texts[synset.strip()] = human.strip()
+            raise DataPrepError(f"{flag} {path} line {number}: expected 'class name<TAB>text', got {text!r}")
+        texts[name.strip()] = human.strip()
     return texts

@@ -135,7 +135,7 @@ def test_first_label_zero_follows_the_labels_file_order(tree, tmp_path):
     for record in records:
         synset = record["image/class/synset"].decode()
         assert record["image/class/label"] == 2 - fixtures.SYNSETS.index(synset)
-        assert record["image/class/text"] == b""
+        assert record["image/class/text"].decode() == synset  # no metadata file: the class name
     assert {record["image/filename"].decode() for record in records} == set(tree.good_validation)
 
 
@@ -229,7 +229,7 @@ def test_rerun_verifies_finished_shards_against_the_summary(tree, reference, tmp
     (dict(train_directory="/nonexistent/train"), "--train_directory /nonexistent/train does not exist"),
     (dict(validation_labels_file="short"), "has 8 labels but --validation_directory holds 9 images"),
     (dict(validation_labels_file="unknown"), "line 2: synset n09999999 is not among the classes"),
-    (dict(train_directory="empty_class"), "is empty; restore its images or remove the folder"),
+    (dict(train_directory="empty_class"), "holds no images; restore its images or remove the folder"),
     (dict(train_shards=1000), "--train_shards=1000 is more than the 26 train images"),
     (dict(output_directory="under_a_file"), "cannot write --output_directory"),
     (dict(max_bad_files=3), "4 bad files, more than --max_bad_files=3"),
