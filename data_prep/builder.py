@@ -21,6 +21,7 @@ import re
 import sys
 import time
 import typing
+import unicodedata
 
 from data_prep import bounding_boxes
 from data_prep import holdout
@@ -121,8 +122,12 @@ def _class_texts(config, synsets):
 def _check_known(synsets, labels, what):
     unknown = [synset for synset in synsets if synset not in labels]
     if unknown:
+        hint = ""
+        if unicodedata.normalize("NFC", unknown[0]) in {unicodedata.normalize("NFC", name) for name in labels}:
+            # macOS writes folder names decomposed (e + combining accent), most editors composed (é).
+            hint = " (it differs from a line of --labels_file only in how accents are encoded: retype the line)"
         raise DataPrepError(f"{what} has {len(unknown)} classes that are not among the classes of "
-                            f"--labels_file (first: {unknown[0]!r}); fix --labels_file or the input")
+                            f"--labels_file (first: {unknown[0]!r}){hint}; fix --labels_file or the input")
 
 
 def _validation_sources(config, labels):

@@ -305,6 +305,8 @@ def test_a_class_folder_of_only_non_image_files_is_an_error(tmp_path):
                                                          "(first: 'tulip' with 0)"),
     (dict(validation_fraction=0.5, train_directory="one_image_class"), "(first: 'only one' with 1)"),
     (dict(train_directory="not_utf8"), "has a name that is not valid UTF-8"),
+    (dict(train_directory="decomposed_accent", labels_file="composed.txt"),
+     "(first: 'cafe\u0301') (it differs from a line of --labels_file only in how accents are encoded"),
 ])
 def test_bad_split_settings_give_a_clear_one_line_error(dataset, tmp_path, change, message):
     _, train = dataset
@@ -321,6 +323,13 @@ def test_bad_split_settings_give_a_clear_one_line_error(dataset, tmp_path, chang
             os.makedirs(os.path.join(os.fsencode(tmp_path), b"train", b"caf\xe9"))
             (tmp_path / "train" / "caf\udce9" / "a.jpg").write_bytes(b"\xff\xd8\xff")
             change[key] = str(tmp_path / "train")
+        elif value == "decomposed_accent":  # as macOS names folders
+            os.makedirs(tmp_path / "train" / "cafe\u0301")
+            (tmp_path / "train" / "cafe\u0301" / "a.jpg").write_bytes(b"\xff\xd8\xff")
+            change[key] = str(tmp_path / "train")
+        elif value == "composed.txt":
+            (tmp_path / value).write_text("caf\u00e9\n", encoding="utf-8")
+            change[key] = str(tmp_path / value)
         elif value in ("labels.txt", "labels_with_an_extra_class.txt"):
             extra = "tulip\n" if "extra" in value else ""
             (tmp_path / value).write_text("\n".join(NAMES) + "\n" + extra, encoding="utf-8")
