@@ -436,11 +436,12 @@ def _write_holdout_list(config, plan):
             "file_list_sha256": hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()}
 
 
-def _describe_split(split, held_out):
+def _describe_split(split, config):
     line = (f"{split.name}: {len(split.entries):,} images in {len({e.synset for e in split.entries}):,} "
             f"classes → {split.num_shards:,} shards")
-    if split.name == "validation" and held_out:
-        line += f" (held out of the training images, listed in {HOLDOUT_LIST_NAME})"
+    if split.name == "validation" and config.validation_fraction is not None:
+        line += (f" (--validation_fraction={config.validation_fraction:g} of every training class, seed "
+                 f"{config.seed}; listed in {HOLDOUT_LIST_NAME})")
     if split.non_images:
         kinds = ", ".join(f"{kind} ×{count}" for kind, count in _kind_counts(split.non_images).items())
         line += f"; {len(split.non_images):,} non-image files left out ({kinds})"
@@ -471,7 +472,7 @@ def build(config, log=None):
         summary = _Summary(config, plan, _write_holdout_list(config, plan), previous)
         summary.write("in_progress")
         for split in plan.splits:
-            log.write(_describe_split(split, plan.held_out))
+            log.write(_describe_split(split, config))
         planned_images = {task.name: len(task.entries) for task in tasks}
         progress = ProgressReporter("build", sum(planned_images.values()), interval=config.progress_interval,
                                     stream=log)
