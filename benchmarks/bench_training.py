@@ -1,13 +1,26 @@
 r"""Training throughput: our Estimator pipeline against Keras's own Xception + model.fit, side by side.
 
-    python -m benchmarks.bench_training --image_size=96 --batch_size=16 --steps=15
+    python -m benchmarks.bench_training --image_size=96 --batch_size=16 --rounds=5
 
-Both run the same step on the same synthetic batch (one batch repeated, no input cost): Xception
-forward + backward, momentum SGD, no dropout, no weight decay, no weight averaging. Prints images/s of
-each, their ratio (goal: Estimator / Keras >= 1.0) and the achieved FLOP/s against this machine's
-measured matmul peak (8.4 G multiply-adds forward per 299x299 image, about 3x that per training image).
+Both sides train on the same synthetic batch (one batch repeated, no input cost), in the same dtype,
+with Xception forward + backward, batch-norm statistics updated and momentum SGD. The Estimator side is
+what imagenet_main runs: its model config, RunConfig (session config, summary and checkpoint
+schedule), synthetic input_fn and default training hooks, built from imagenet_main's own flags.
+
+--recipe=bare: no dropout, no weight decay, no weight averaging on either side.
+--recipe=paper: both add dropout 0.5 before the classifier, L2 weight decay 1e-5 on the conv, separable
+  conv and dense kernels (in the loss), and Polyak averaging of the weights with decay 0.9999 (Keras:
+  the optimizer's use_ema). Our side also runs its non-finite-loss guard in both recipes.
+
+Rounds alternate (Estimator, Keras, Estimator, ...) and the medians over rounds count, so load from
+other processes on a shared machine hurts both alike. Prints images per wall second and per CPU second
+(this process, all threads: steadier under load) of each, their ratios (goal: Estimator / Keras >= 1.0)
+and the achieved FLOP/s against this machine's matmul peak, measured in every round too (8.4 G
+multiply-adds forward per 299x299 image, about 3x that per training image).
 """
 
+import statistics
+import sys
 import tempfile
 import time
 
@@ -16,123 +29,199 @@ from absl import flags
 import tensorflow as tf
 
 from official.xception import flags_core
+from official.xception import hooks as hooks_lib
+from official.xception import imagenet_main
 from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
 
 flags.DEFINE_integer("image_size", 96, "Square image side.")
 flags.DEFINE_integer("batch_size", 16, "Batch size of both pipelines.")
-flags.DEFINE_integer("steps", 15, "Timed training steps per pipeline.")
+flags.DEFINE_integer("steps", 15, "Timed training steps per pipeline and round.")
 flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (graph optimization, allocation).")
-flags.DEFINE_enum("dtype", "fp32", list(flags_core.DTYPES), "Compute type of both pipelines.")
-flags.DEFINE_integer("repeats", 2, "Alternating rounds (Estimator, Keras, Estimator, ...); the best "
-                     "round of each counts, so load from other processes hurts both alike.")
+flags.DEFINE_enum("dtype", "fp32", ["fp32", "bf16"], "Compute type of both pipelines.")
+flags.DEFINE_enum("recipe", "bare", ["bare", "paper"], "Work per step besides forward, backward, "
+                  "batch-norm updates and momentum SGD (see the module docstring).")
+flags.DEFINE_integer("rounds", 5, "Alternating rounds (Estimator, Keras, Estimator, ...); the "
+                     "median round of each counts.")
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul that measures the peak.")
 FLAGS = flags.FLAGS
 
 NUM_CLASSES = 1000
 FORWARD_MULTIPLY_ADDS_299 = 8.4e9
+PAPER_DROPOUT = 0.5
+PAPER_WEIGHT_DECAY = 1e-5
+PAPER_AVERAGE_DECAY = 0.9999
 
 
-class _StepTimer(tf.estimator.SessionRunHook):
-    """Wall time of the steps after the first `warmup_steps`."""
+class _Stopwatch:
+    """Wall and process CPU time of the steps after the first `warmup_steps`.
+
+    CPU time (all threads of this process) is less sensitive than wall time to other jobs on a shared
+    machine, so both are reported.
+    """
 
     def __init__(self, warmup_steps):
         self._warmup_steps = warmup_steps
         self._steps = 0
-        self.start_time = self.end_time = None
+        self._start = self._end = None
+
+    def step_done(self):
+        self._steps += 1
+        now = (time.perf_counter(), time.process_time())
+        if self._steps == self._warmup_steps:
+            self._start = now
+        self._end = now
+
+    def images_per_sec(self, images):
+        """(images per wall second, images per CPU second) over the timed steps."""
+        return tuple(images / (end - start) for start, end in zip(self._start, self._end))
+
+
+class _StepTimerHook(tf.estimator.SessionRunHook):
+    def __init__(self, stopwatch):
+        self._stopwatch = stopwatch
 
     def after_run(self, run_context, run_values):
-        self._steps += 1
-        if self._steps == self._warmup_steps:
-            self.start_time = time.perf_counter()
-        self.end_time = time.perf_counter()
+        self._stopwatch.step_done()
 
 
-class _BatchTimer(tf.keras.callbacks.Callback):
-    def __init__(self, warmup_steps):
+class _BatchTimerCallback(tf.keras.callbacks.Callback):
+    """Gets logs as numpy, so each batch end waits for its step to finish."""
+
+    def __init__(self, stopwatch):
         super().__init__()
-        self._warmup_steps = warmup_steps
-        self.start_time = self.end_time = None
+        self._stopwatch = stopwatch
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch + 1 == self._warmup_steps:
-            self.start_time = time.perf_counter()
-        self.end_time = time.perf_counter()
+        self._stopwatch.step_done()
 
 
-def estimator_images_per_sec(model_dir):
-    compute_dtype = flags_core.DTYPES[FLAGS.dtype]
-    learning_rate = model_fn_lib.LearningRateConfig(
-        steps_per_epoch=1000.0, global_batch_size=FLAGS.batch_size, base_learning_rate=0.01,
-        base_batch_size=FLAGS.batch_size)
-    config = model_fn_lib.ModelConfig(
-        learning_rate=learning_rate, num_classes=NUM_CLASSES, image_size=FLAGS.image_size,
-        compute_dtype=compute_dtype, dropout_rate=0.0, weight_decay=0.0, moving_average_decay=0.0)
-    estimator = tf.estimator.Estimator(
-        model_fn_lib.model_fn, model_dir=model_dir, params={"model_config": config},
-        config=tf.estimator.RunConfig(save_checkpoints_steps=None, save_checkpoints_secs=None,
-                                      save_summary_steps=10 ** 9, log_step_count_steps=10 ** 9))
-    timer = _StepTimer(FLAGS.warmup_steps)
-
-    def input_fn():
-        return input_pipeline.synthetic_input_fn(True, FLAGS.batch_size, image_size=FLAGS.image_size,
-                                                 num_classes=NUM_CLASSES,
-                                                 dtype=tf.as_dtype(compute_dtype))
-
-    estimator.train(input_fn, steps=FLAGS.warmup_steps + FLAGS.steps, hooks=[timer])
-    return FLAGS.steps * FLAGS.batch_size / (timer.end_time - timer.start_time)
+def imagenet_main_flags(model_dir, image_size, batch_size, dtype, recipe, total_steps):
+    """imagenet_main's flags for synthetic training on one CPU device, otherwise its defaults."""
+    settings = dict(model_dir=model_dir, use_synthetic_data=True, image_size=image_size,
+                    batch_size=batch_size, base_batch_size=batch_size, dtype=dtype,
+                    num_classes=NUM_CLASSES, num_gpus=0, max_train_steps=total_steps)
+    if recipe == "bare":
+        settings.update(dropout_rate=0.0, weight_decay=0.0, moving_average_decay=0.0)
+    else:
+        settings.update(dropout_rate=PAPER_DROPOUT, weight_decay=PAPER_WEIGHT_DECAY,
+                        moving_average_decay=PAPER_AVERAGE_DECAY)
+    flag_values = flags.FlagValues()
+    flags_core.define_all(flag_values)
+    flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in settings.items()])
+    return flag_values
 
 
-def keras_images_per_sec():
-    if FLAGS.dtype != "fp32":
-        tf.keras.mixed_precision.set_global_policy(f"mixed_{flags_core.DTYPES[FLAGS.dtype]}")
-    model = tf.keras.applications.Xception(
-        weights=None, input_shape=(FLAGS.image_size, FLAGS.image_size, 3), classes=NUM_CLASSES,
-        classifier_activation=None)
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.01, momentum=0.9),
+def estimator_images_per_sec(image_size, batch_size, dtype, recipe, steps, warmup_steps):
+    total_steps = warmup_steps + steps
+    with tempfile.TemporaryDirectory() as model_dir:
+        main_flags = imagenet_main_flags(model_dir, image_size, batch_size, dtype, recipe, total_steps)
+        placement = imagenet_main.make_placement(
+            main_flags.distribution_strategy, main_flags.num_gpus, main_flags.num_cpu_replicas,
+            main_flags.all_reduce_alg, tf_config={})
+        model_config = imagenet_main.make_model_config(main_flags, batch_size)
+        train_input_fn, _, _ = imagenet_main.make_input_fns(main_flags, model_config, batch_size)
+        train_hooks = hooks_lib.get_train_hooks(
+            main_flags.hooks, global_batch_size=batch_size, max_steps=total_steps,
+            model_dir=model_dir, every_n_steps=main_flags.log_steps)
+        estimator = tf.estimator.Estimator(
+            model_fn_lib.model_fn, config=imagenet_main.make_run_config(main_flags, placement),
+            params={"model_config": model_config})
+        stopwatch = _Stopwatch(warmup_steps)
+        estimator.train(train_input_fn, max_steps=total_steps,
+                        hooks=train_hooks + [_StepTimerHook(stopwatch)])
+    return stopwatch.images_per_sec(steps * batch_size)
+
+
+def keras_xception(image_size, recipe):
+    """Keras's Xception with logits; for the paper recipe, with dropout before the classifier and the
+    L2 term of our model_fn added to its loss."""
+    if recipe == "bare":
+        return tf.keras.applications.Xception(
+            weights=None, input_shape=(image_size, image_size, 3), classes=NUM_CLASSES,
+            classifier_activation=None)
+    base = tf.keras.applications.Xception(weights=None, input_shape=(image_size, image_size, 3),
+                                          include_top=False, pooling="avg")
+    features = tf.keras.layers.Dropout(PAPER_DROPOUT)(base.output)
+    logits = tf.keras.layers.Dense(NUM_CLASSES, name="predictions", dtype="float32")(features)
+    model = tf.keras.Model(base.input, logits)
+    kernels = model_fn_lib.decayed_variables(model)
+    model.add_loss(lambda: model_fn_lib.l2_loss(kernels, PAPER_WEIGHT_DECAY))
+    return model
+
+
+def keras_images_per_sec(image_size, batch_size, dtype, recipe, steps, warmup_steps):
+    compute_dtype = flags_core.DTYPES[dtype]
+    if compute_dtype != "float32":
+        tf.keras.mixed_precision.set_global_policy(f"mixed_{compute_dtype}")
+    try:
+        model = keras_xception(image_size, recipe)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    optimizer = tf.keras.optimizers.SGD(
+        0.01, momentum=0.9, use_ema=recipe == "paper", ema_momentum=PAPER_AVERAGE_DECAY)
+    model.compile(optimizer=optimizer,
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    dataset = input_pipeline.synthetic_input_fn(True, FLAGS.batch_size, image_size=FLAGS.image_size,
-                                                num_classes=NUM_CLASSES)
-    timer = _BatchTimer(FLAGS.warmup_steps)
-    model.fit(dataset, steps_per_epoch=FLAGS.warmup_steps + FLAGS.steps, epochs=1, verbose=0,
-              callbacks=[timer])
-    tf.keras.mixed_precision.set_global_policy("float32")
-    return FLAGS.steps * FLAGS.batch_size / (timer.end_time - timer.start_time)
+    dataset = input_pipeline.synthetic_input_fn(True, batch_size, image_size=image_size,
+                                                num_classes=NUM_CLASSES,
+                                                dtype=tf.as_dtype(compute_dtype))
+    stopwatch = _Stopwatch(warmup_steps)
+    model.fit(dataset, steps_per_epoch=warmup_steps + steps, epochs=1, verbose=0,
+              callbacks=[_BatchTimerCallback(stopwatch)])
+    tf.keras.backend.clear_session()
+    return stopwatch.images_per_sec(steps * batch_size)
 
 
-def matmul_peak_flops():
-    """FLOP/s of a large square matmul in the benchmark's dtype (the practical peak here)."""
-    dtype = tf.as_dtype(flags_core.DTYPES[FLAGS.dtype])
-    size = FLAGS.matmul_size
+def matmul_peak_flops(size, dtype, repeats=5):
+    """FLOP/s of a large square matmul in `dtype` (the practical peak here)."""
+    dtype = tf.as_dtype(flags_core.DTYPES[dtype])
     a = tf.cast(tf.random.uniform([size, size]), dtype)
     b = tf.cast(tf.random.uniform([size, size]), dtype)
     product = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
     product().numpy()
-    repeats = 5
     start = time.perf_counter()
     for _ in range(repeats):
         product().numpy()
     return repeats * 2.0 * size ** 3 / (time.perf_counter() - start)
 
 
+def _listed(values, digits=2):
+    return ", ".join(f"{value:.{digits}f}" for value in values)
+
+
 def main(_):
+    if FLAGS.rounds < 1 or FLAGS.steps < 1 or FLAGS.warmup_steps < 1:
+        sys.exit("error: --rounds, --steps and --warmup_steps must be at least 1")
     train_flops_per_image = 3 * 2 * FORWARD_MULTIPLY_ADDS_299 * (FLAGS.image_size / 299) ** 2
-    ours_rounds, keras_rounds = [], []
-    for _ in range(FLAGS.repeats):
-        with tempfile.TemporaryDirectory() as model_dir:
-            ours_rounds.append(estimator_images_per_sec(model_dir))
-        keras_rounds.append(keras_images_per_sec())
-    ours, keras = max(ours_rounds), max(keras_rounds)
-    peak = matmul_peak_flops()
+    setup = dict(image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
+                 recipe=FLAGS.recipe, steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps)
+    ours_rounds, keras_rounds, peak_rounds = [], [], []
+    for round_index in range(FLAGS.rounds):
+        ours_rounds.append(estimator_images_per_sec(**setup))
+        keras_rounds.append(keras_images_per_sec(**setup))
+        peak_rounds.append(matmul_peak_flops(FLAGS.matmul_size, FLAGS.dtype))
+        print(f"round {round_index + 1}/{FLAGS.rounds}: images/s (per CPU-s) Estimator "
+              f"{ours_rounds[-1][0]:.2f} ({ours_rounds[-1][1]:.2f}), Keras {keras_rounds[-1][0]:.2f} "
+              f"({keras_rounds[-1][1]:.2f}), matmul {peak_rounds[-1] / 1e9:.0f} GFLOP/s",
+              file=sys.stderr, flush=True)
+    peak = statistics.median(peak_rounds)
     print(f"Xception training, {FLAGS.image_size}x{FLAGS.image_size}, batch {FLAGS.batch_size}, "
-          f"{FLAGS.dtype}, {FLAGS.steps} timed steps after {FLAGS.warmup_steps}:")
-    for name, rate in [("Estimator (model_fn)", ours), ("Keras model.fit", keras)]:
+          f"{FLAGS.dtype}, recipe {FLAGS.recipe}, {FLAGS.steps} timed steps after "
+          f"{FLAGS.warmup_steps}, median of {FLAGS.rounds} alternating rounds:")
+    for name, rounds in [("Estimator (model_fn)", ours_rounds), ("Keras model.fit", keras_rounds)]:
+        rate = statistics.median(wall for wall, _ in rounds)
+        per_cpu_second = statistics.median(cpu for _, cpu in rounds)
         achieved = rate * train_flops_per_image
-        print(f"  {name:22s} {rate:8.2f} images/s  {achieved / 1e9:7.1f} GFLOP/s "
-              f"({100 * achieved / peak:4.1f}% of the {peak / 1e9:.0f} GFLOP/s matmul peak)")
-    print(f"  rounds (images/s): Estimator {', '.join(f'{r:.2f}' for r in ours_rounds)}; "
-          f"Keras {', '.join(f'{r:.2f}' for r in keras_rounds)}")
-    print(f"  ratio Estimator / Keras: {ours / keras:.3f} (goal >= 1.0)")
+        print(f"  {name:22s} {rate:8.2f} images/s ({per_cpu_second:.2f} per CPU-second)  "
+              f"{achieved / 1e9:6.1f} GFLOP/s = {100 * achieved / peak:4.1f}% of the "
+              f"{peak / 1e9:.0f} GFLOP/s matmul peak")
+    for clock, index in [("wall", 0), ("CPU", 1)]:
+        ours = [rates[index] for rates in ours_rounds]
+        keras = [rates[index] for rates in keras_rounds]
+        ratios = [o / k for o, k in zip(ours, keras)]
+        print(f"  {clock} time: Estimator {_listed(ours)}; Keras {_listed(keras)} images/s; "
+              f"ratio Estimator / Keras {statistics.median(ours) / statistics.median(keras):.3f} "
+              f"of the medians, per round {_listed(ratios, 3)} (goal >= 1.0)")
 
 
 if __name__ == "__main__":
