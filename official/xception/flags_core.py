@@ -58,7 +58,8 @@ def define_base(flag_values=flags.FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_integer("shuffle_buffer", 10000, "Records in the training shuffle buffer.",
                          flag_values=flag_values)
-    flags.DEFINE_integer("seed", None, "Seed for initialization and the order of training records.",
+    flags.DEFINE_integer("seed", None, "Seed for the initial weights, dropout and the order of "
+                         "training records (random crops and flips stay unseeded).",
                          flag_values=flag_values)
 
 

@@ -318,8 +318,15 @@ def _count_metric(batch_examples):
     return tf.identity(total), total.assign_add(tf.cast(batch_examples, tf.int64))
 
 
-def build_model(params):
-    """The Keras model for `params` (its "model_builder" if given, else Xception)."""
+def build_model(params, seed=None):
+    """The Keras model for `params` (its "model_builder" if given, else Xception).
+
+    `seed` (the RunConfig's tf_random_seed) makes the initial weights and dropout masks reproducible:
+    Keras draws an unseeded initializer's seed from Python's `random`, which the graph seed does not
+    reach, so without it two runs with the same --seed start from different weights.
+    """
+    if seed is not None:
+        tf.keras.utils.set_random_seed(seed)
     config = params["model_config"]
     builder = params.get("model_builder") or xception_model.xception
     return builder(num_classes=config.num_classes, dropout_rate=config.dropout_rate,
@@ -338,7 +345,7 @@ def model_fn(features, labels, mode, params, config=None):
     model_config = params["model_config"]
     images = features["images"] if isinstance(features, dict) else features
     is_training = mode == tf.estimator.ModeKeys.TRAIN
-    model = build_model(params)
+    model = build_model(params, seed=config.tf_random_seed if config is not None else None)
     if model_config.fine_tune:
         freeze_all_but_head(model)
     logits = tf.cast(model(images, training=is_training), tf.float32)
