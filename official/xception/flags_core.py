@@ -88,6 +88,10 @@ def define_model(flag_values=flags.FLAGS):
                         "to warm start from, e.g. converted Keras weights; the head is skipped when "
                         "--num_classes differs. Ignored once --model_dir has its own checkpoint.",
                         flag_values=flag_values)
+    flags.DEFINE_float("pretrained_learning_rate_multiplier", 1.0, "Full fine-tuning from "
+                       "--pretrained_model_checkpoint_path: learning rate of the pretrained layers "
+                       "relative to the new head (e.g. 0.1); momentum/nesterov only.",
+                       flag_values=flag_values)
     flags.DEFINE_boolean("fine_tune", False, "Train only the head (layer 'predictions'); batch "
                          "norm below it stays frozen.", flag_values=flag_values)
 

@@ -222,7 +222,8 @@ def make_model_config(flags_obj, global_batch_size):
         moving_average_decay=flags_obj.moving_average_decay,
         loss_scale=loss_scale,
         fine_tune=flags_obj.fine_tune,
-        warm_start_checkpoint=checkpoint)
+        warm_start_checkpoint=checkpoint,
+        pretrained_learning_rate_multiplier=flags_obj.pretrained_learning_rate_multiplier)
 
 
 def make_run_config(flags_obj, placement):

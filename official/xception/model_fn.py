@@ -111,6 +111,8 @@ class ModelConfig:
     loss_scale: Union[str, float] = "dynamic"
     fine_tune: bool = False
     warm_start_checkpoint: Optional[str] = None
+    # Full fine-tuning: the learning rate of the warm-started layers relative to the head's.
+    pretrained_learning_rate_multiplier: float = 1.0
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -128,6 +130,18 @@ class ModelConfig:
         if self.fine_tune and not self.warm_start_checkpoint:
             raise PipelineError("--fine_tune trains only the head on top of pretrained weights: "
                                 "also pass --pretrained_model_checkpoint_path")
+        if self.pretrained_learning_rate_multiplier != 1.0:
+            if not self.warm_start_checkpoint or self.fine_tune:
+                raise PipelineError(
+                    "--pretrained_learning_rate_multiplier applies to full fine-tuning: pass "
+                    "--pretrained_model_checkpoint_path, without --fine_tune")
+            if self.optimizer == "rmsprop":
+                raise PipelineError(
+                    "--pretrained_learning_rate_multiplier needs --optimizer=momentum or nesterov "
+                    "(it scales gradients, which RMSProp normalizes away)")
+            if self.pretrained_learning_rate_multiplier < 0:
+                raise PipelineError("--pretrained_learning_rate_multiplier must be >= 0, got "
+                                    f"{self.pretrained_learning_rate_multiplier}")
 
 
 def learning_rate_schedule(global_step, config):
@@ -420,6 +434,12 @@ def _train_op(model, images, loss, model_config):
         tf.math.is_finite(loss), [NON_FINITE_LOSS_TAG, global_step, "loss", loss])
     with tf.control_dependencies([loss_is_finite]):
         grads_and_vars = optimizer.compute_gradients(loss, variables)
+    multiplier = model_config.pretrained_learning_rate_multiplier
+    if multiplier != 1.0:
+        # With (Nesterov) momentum, scaling a variable's gradients is scaling its learning rate.
+        head = {v.ref() for v in _head_layer(model).weights}
+        grads_and_vars = [(grad if var.ref() in head or grad is None else grad * multiplier, var)
+                          for grad, var in grads_and_vars]
     update_ops = model.get_updates_for(images) + model.get_updates_for(None)
     with tf.control_dependencies(update_ops):
         train_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
