@@ -261,6 +261,17 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert _checkpoint_values(model_dir)["global_step"] == 400
 
 
+def test_the_log_has_each_line_once_and_no_deprecation_notices(tmp_path):
+    finished = subprocess.run(_main_command(tmp_path / "model", "--max_train_steps=2"), cwd=REPO,
+                              env=_environment(), capture_output=True, text=True, timeout=180)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    lines = finished.stderr.splitlines()
+    # The Estimator logs this once per training call; TensorFlow's own handler would repeat it.
+    assert len([line for line in lines if "Loss for final step" in line]) == 1, lines
+    assert not [line for line in lines if "is deprecated" in line]
+    assert [line for line in lines if "Global batch 8 = 1 replicas x 8" in line]  # our own lines stay
+
+
 def test_main_prints_bad_input_as_one_line_without_traceback(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

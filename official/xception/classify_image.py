@@ -13,6 +13,7 @@ from absl import flags
 import tensorflow as tf
 
 from official.xception import export
+from official.xception import logging_setup
 from official.xception.errors import PipelineError
 
 
@@ -45,6 +46,7 @@ def define_flags():
 def main(argv):
     if len(argv) < 2:
         sys.exit("error: name at least one image file after the flags")
+    logging_setup.log_through_absl_only()
     try:
         results = classify(flags.FLAGS.saved_model_dir, argv[1:])
     except PipelineError as error:

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from official.xception import logging_setup
 from official.xception import xception_model
 from official.xception.errors import PipelineError
 
@@ -220,6 +221,7 @@ def define_flags():
 
 def main(argv):
     del argv
+    logging_setup.log_through_absl_only()
     try:
         lines = convert(flags.FLAGS.keras_weights, flags.FLAGS.model_dir, flags.FLAGS.num_classes)
     except PipelineError as error:

@@ -24,6 +24,7 @@ import tensorflow as tf
 from data_prep.progress import ProgressReporter
 from official.xception import export
 from official.xception import input_pipeline
+from official.xception import logging_setup
 from official.xception.errors import PipelineError
 
 _RECORD_FEATURES = {
@@ -165,6 +166,7 @@ def define_flags():
 def main(argv):
     del argv
     flag_values = flags.FLAGS
+    logging_setup.log_through_absl_only()
     try:
         blacklist = read_blacklist(flag_values.blacklist_file) if flag_values.blacklist_file else set()
         result = evaluate(flag_values.saved_model_dir, flag_values.data_dir,

@@ -30,6 +30,7 @@ from official.xception import export
 from official.xception import flags_core
 from official.xception import hooks as hooks_lib
 from official.xception import input_pipeline
+from official.xception import logging_setup
 from official.xception import model_fn as model_fn_lib
 from official.xception import preprocessing
 from official.xception import xception_model
@@ -462,6 +463,7 @@ def run(flags_obj, model_builder=None):
 
 
 def main(_, model_builder=None):
+    logging_setup.log_through_absl_only()
     try:
         run(flags.FLAGS, model_builder)
     except PipelineError as error:
