@@ -12,11 +12,15 @@ schedule), synthetic input_fn and default training hooks, built from imagenet_ma
   conv and dense kernels (in the loss), and Polyak averaging of the weights with decay 0.9999 (Keras:
   the optimizer's use_ema). Our side also runs its non-finite-loss guard in both recipes.
 
-Rounds alternate (Estimator, Keras, Estimator, ...) and the medians over rounds count, so load from
-other processes on a shared machine hurts both alike. Prints images per wall second and per CPU second
-(this process, all threads: steadier under load) of each, their ratios (goal: Estimator / Keras >= 1.0)
-and the achieved FLOP/s against this machine's matmul peak, measured in every round too (8.4 G
-multiply-adds forward per 299x299 image, about 3x that per training image).
+A third side steps the Estimator side's own graph with a bare tf.compat.v1.Session loop, so that the
+Estimator's loop and hooks are told apart from the graph they run.
+
+Rounds alternate (Estimator, bare Session, Keras, Estimator, ...) and the medians over rounds count, so
+load from other processes on a shared machine hurts all alike. Prints images per wall second and per
+CPU second (this process, all threads: steadier under load) of each, the ratios of the Estimator to
+Keras (goal >= 1.0) and to the bare Session, and the achieved FLOP/s against this machine's matmul
+peak, measured in every round too (8.4 G multiply-adds forward per 299x299 image, about 3x that per
+training image).
 """
 
 import statistics
@@ -41,7 +45,7 @@ flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (graph optimization
 flags.DEFINE_enum("dtype", "fp32", ["fp32", "bf16"], "Compute type of both pipelines.")
 flags.DEFINE_enum("recipe", "bare", ["bare", "paper"], "Work per step besides forward, backward, "
                   "batch-norm updates and momentum SGD (see the module docstring).")
-flags.DEFINE_integer("rounds", 5, "Alternating rounds (Estimator, Keras, Estimator, ...); the "
+flags.DEFINE_integer("rounds", 5, "Alternating rounds (Estimator, bare Session, Keras, ...); the "
                      "median round of each counts.")
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul that measures the peak.")
 FLAGS = flags.FLAGS
@@ -112,24 +116,53 @@ def imagenet_main_flags(model_dir, image_size, batch_size, dtype, recipe, total_
     return flag_values
 
 
+def imagenet_main_setup(model_dir, image_size, batch_size, dtype, recipe, total_steps):
+    """(flags, model config, RunConfig, train input_fn) exactly as imagenet_main makes them."""
+    main_flags = imagenet_main_flags(model_dir, image_size, batch_size, dtype, recipe, total_steps)
+    placement = imagenet_main.make_placement(
+        main_flags.distribution_strategy, main_flags.num_gpus, main_flags.num_cpu_replicas,
+        main_flags.all_reduce_alg, tf_config={})
+    model_config = imagenet_main.make_model_config(main_flags, batch_size)
+    train_input_fn, _, _ = imagenet_main.make_input_fns(main_flags, model_config, batch_size)
+    run_config = imagenet_main.make_run_config(main_flags, placement)
+    return main_flags, model_config, run_config, train_input_fn
+
+
 def estimator_images_per_sec(image_size, batch_size, dtype, recipe, steps, warmup_steps):
     total_steps = warmup_steps + steps
     with tempfile.TemporaryDirectory() as model_dir:
-        main_flags = imagenet_main_flags(model_dir, image_size, batch_size, dtype, recipe, total_steps)
-        placement = imagenet_main.make_placement(
-            main_flags.distribution_strategy, main_flags.num_gpus, main_flags.num_cpu_replicas,
-            main_flags.all_reduce_alg, tf_config={})
-        model_config = imagenet_main.make_model_config(main_flags, batch_size)
-        train_input_fn, _, _ = imagenet_main.make_input_fns(main_flags, model_config, batch_size)
+        main_flags, model_config, run_config, train_input_fn = imagenet_main_setup(
+            model_dir, image_size, batch_size, dtype, recipe, total_steps)
         train_hooks = hooks_lib.get_train_hooks(
             main_flags.hooks, global_batch_size=batch_size, max_steps=total_steps,
             model_dir=model_dir, every_n_steps=main_flags.log_steps)
-        estimator = tf.estimator.Estimator(
-            model_fn_lib.model_fn, config=imagenet_main.make_run_config(main_flags, placement),
-            params={"model_config": model_config})
+        estimator = tf.estimator.Estimator(model_fn_lib.model_fn, config=run_config,
+                                           params={"model_config": model_config})
         stopwatch = _Stopwatch(warmup_steps)
         estimator.train(train_input_fn, max_steps=total_steps,
                         hooks=train_hooks + [_StepTimerHook(stopwatch)])
+    return stopwatch.images_per_sec(steps * batch_size)
+
+
+def session_images_per_sec(image_size, batch_size, dtype, recipe, steps, warmup_steps):
+    """The Estimator side's graph (same model_fn, model config, session config and input) stepped by a
+    bare tf.compat.v1.Session loop: its difference to the Estimator is what the Estimator's loop and
+    hooks cost."""
+    total_steps = warmup_steps + steps
+    with tempfile.TemporaryDirectory() as model_dir, tf.Graph().as_default():
+        _, model_config, run_config, train_input_fn = imagenet_main_setup(
+            model_dir, image_size, batch_size, dtype, recipe, total_steps)
+        iterator = tf.compat.v1.data.make_initializable_iterator(train_input_fn())
+        images, labels = iterator.get_next()
+        spec = model_fn_lib.model_fn(images, labels, tf.estimator.ModeKeys.TRAIN,
+                                     {"model_config": model_config}, run_config)
+        stopwatch = _Stopwatch(warmup_steps)
+        with tf.compat.v1.Session(config=run_config.session_config) as session:
+            session.run([tf.compat.v1.global_variables_initializer(),
+                         tf.compat.v1.local_variables_initializer(), iterator.initializer])
+            for _ in range(total_steps):
+                session.run(spec.train_op)
+                stopwatch.step_done()
     return stopwatch.images_per_sec(steps * batch_size)
 
 
@@ -195,34 +228,39 @@ def main(_):
     train_flops_per_image = 3 * 2 * FORWARD_MULTIPLY_ADDS_299 * (FLAGS.image_size / 299) ** 2
     setup = dict(image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
                  recipe=FLAGS.recipe, steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps)
-    ours_rounds, keras_rounds, peak_rounds = [], [], []
+    sides = [("Estimator", estimator_images_per_sec), ("bare Session", session_images_per_sec),
+             ("Keras model.fit", keras_images_per_sec)]
+    rounds = {name: [] for name, _ in sides}
+    peak_rounds = []
     for round_index in range(FLAGS.rounds):
-        ours_rounds.append(estimator_images_per_sec(**setup))
-        keras_rounds.append(keras_images_per_sec(**setup))
+        for name, images_per_sec in sides:
+            rounds[name].append(images_per_sec(**setup))
         peak_rounds.append(matmul_peak_flops(FLAGS.matmul_size, FLAGS.dtype))
-        print(f"round {round_index + 1}/{FLAGS.rounds}: images/s (per CPU-s) Estimator "
-              f"{ours_rounds[-1][0]:.2f} ({ours_rounds[-1][1]:.2f}), Keras {keras_rounds[-1][0]:.2f} "
-              f"({keras_rounds[-1][1]:.2f}), matmul {peak_rounds[-1] / 1e9:.0f} GFLOP/s",
-              file=sys.stderr, flush=True)
+        measured = ", ".join(f"{name} {rounds[name][-1][0]:.2f} ({rounds[name][-1][1]:.2f})"
+                             for name, _ in sides)
+        print(f"round {round_index + 1}/{FLAGS.rounds}: images/s (per CPU-s) {measured}, "
+              f"matmul {peak_rounds[-1] / 1e9:.0f} GFLOP/s", file=sys.stderr, flush=True)
     peak = statistics.median(peak_rounds)
     print(f"Xception training, {FLAGS.image_size}x{FLAGS.image_size}, batch {FLAGS.batch_size}, "
           f"{FLAGS.dtype}, recipe {FLAGS.recipe}, {FLAGS.steps} timed steps after "
           f"{FLAGS.warmup_steps}, median of {FLAGS.rounds} alternating rounds:")
-    for name, rounds in [("Estimator (model_fn)", ours_rounds), ("Keras model.fit", keras_rounds)]:
-        rate = statistics.median(wall for wall, _ in rounds)
-        per_cpu_second = statistics.median(cpu for _, cpu in rounds)
+    for name, _ in sides:
+        rate = statistics.median(wall for wall, _ in rounds[name])
+        per_cpu_second = statistics.median(cpu for _, cpu in rounds[name])
         achieved = rate * train_flops_per_image
         print(f"  {name:22s} {rate:8.2f} images/s ({per_cpu_second:.2f} per CPU-second)  "
               f"{achieved / 1e9:6.1f} GFLOP/s = {100 * achieved / peak:4.1f}% of the "
               f"{peak / 1e9:.0f} GFLOP/s matmul peak")
     for clock, index in [("wall", 0), ("CPU", 1)]:
-        ours = [rates[index] for rates in ours_rounds]
-        keras = [rates[index] for rates in keras_rounds]
-        ratios = [o / k for o, k in zip(ours, keras)]
-        print(f"  {clock} time: Estimator {_listed(ours)}; Keras {_listed(keras)} images/s; "
-              f"ratio Estimator / Keras {statistics.median(ours) / statistics.median(keras):.3f} "
-              f"of the medians, per round {_listed(ratios, 3)} (goal >= 1.0)")
-
+        rates = {name: [measured[index] for measured in rounds[name]] for name, _ in sides}
+        print(f"  {clock} time: " + "; ".join(f"{name} {_listed(rates[name])}" for name, _ in sides)
+              + " images/s")
+        for other, note in [("Keras model.fit", "goal >= 1.0"),
+                            ("bare Session", "the Estimator loop's own cost")]:
+            ratios = [ours / theirs for ours, theirs in zip(rates["Estimator"], rates[other])]
+            median_ratio = statistics.median(rates["Estimator"]) / statistics.median(rates[other])
+            print(f"    ratio Estimator / {other} {median_ratio:.3f} of the medians, per round "
+                  f"{_listed(ratios, 3)} ({note})")
 
 if __name__ == "__main__":
     app.run(main)
