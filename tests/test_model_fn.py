@@ -234,6 +234,19 @@ def _all_batches(session, dataset):
             return batches
 
 
+def test_each_replica_draws_from_its_own_seed():
+    config = tf.estimator.RunConfig(tf_random_seed=7)
+    assert model_fn_lib._replica_seed(config) == 7
+    assert model_fn_lib._replica_seed(tf.estimator.RunConfig()) is None
+    seeds = []
+    with tf.Graph().as_default():
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        strategy.extended.call_for_each_replica(
+            lambda: seeds.append(model_fn_lib._replica_seed(config)))
+    # Otherwise every replica would draw the same dropout masks for its own part of the batch.
+    assert sorted(seeds) == [7, 8]
+
+
 def test_unknown_layer_with_weights_is_not_silently_left_undecayed():
     with tf.Graph().as_default():
         inputs = tf.keras.Input((4, 3))

@@ -335,9 +335,9 @@ def _count_metric(batch_examples):
 def build_model(params, seed=None):
     """The Keras model for `params` (its "model_builder" if given, else Xception).
 
-    `seed` (the RunConfig's tf_random_seed) makes the initial weights and dropout masks reproducible:
-    Keras draws an unseeded initializer's seed from Python's `random`, which the graph seed does not
-    reach, so without it two runs with the same --seed start from different weights.
+    `seed` makes the initial weights and dropout masks reproducible: Keras draws an unseeded
+    initializer's seed from Python's `random`, which the graph seed does not reach, so without it two
+    runs with the same --seed start from different weights.
     """
     if seed is not None:
         tf.keras.utils.set_random_seed(seed)
@@ -347,6 +347,16 @@ def build_model(params, seed=None):
                    image_size=config.image_size, data_format=config.data_format,
                    compute_dtype=config.compute_dtype,
                    batch_norm_momentum=config.batch_norm_momentum)
+
+
+def _replica_seed(config):
+    """The RunConfig's seed plus the replica's index, so that replicas draw different dropout masks
+    (mirrored variables take replica 0's initial values whatever the others draw); None without one."""
+    if config is None or config.tf_random_seed is None:
+        return None
+    context = tf.distribute.get_replica_context()
+    replica = tf.get_static_value(context.replica_id_in_sync_group) if context else 0
+    return config.tf_random_seed + int(replica)
 
 
 def model_fn(features, labels, mode, params, config=None):
@@ -359,7 +369,7 @@ def model_fn(features, labels, mode, params, config=None):
     model_config = params["model_config"]
     images = features["images"] if isinstance(features, dict) else features
     is_training = mode == tf.estimator.ModeKeys.TRAIN
-    model = build_model(params, seed=config.tf_random_seed if config is not None else None)
+    model = build_model(params, seed=_replica_seed(config))
     if model_config.fine_tune:
         freeze_all_but_head(model)
     logits = tf.cast(model(images, training=is_training), tf.float32)
