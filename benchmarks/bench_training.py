@@ -36,6 +36,7 @@ from official.xception import flags_core
 from official.xception import hooks as hooks_lib
 from official.xception import imagenet_main
 from official.xception import input_pipeline
+from official.xception import logging_setup
 from official.xception import model_fn as model_fn_lib
 
 flags.DEFINE_integer("image_size", 96, "Square image side.")
@@ -223,6 +224,7 @@ def _listed(values, digits=2):
 
 
 def main(_):
+    logging_setup.log_through_absl_only()
     if FLAGS.rounds < 1 or FLAGS.steps < 1 or FLAGS.warmup_steps < 1:
         sys.exit("error: --rounds, --steps and --warmup_steps must be at least 1")
     train_flops_per_image = 3 * 2 * FORWARD_MULTIPLY_ADDS_299 * (FLAGS.image_size / 299) ** 2
