@@ -264,5 +264,6 @@ def main(_):
             print(f"    ratio Estimator / {other} {median_ratio:.3f} of the medians, per round "
                   f"{_listed(ratios, 3)} ({note})")
 
+
 if __name__ == "__main__":
     app.run(main)
