@@ -1,5 +1,5 @@
 """Raw ImageNet, or your own images in class folders (or the original ILSVRC2012 tars) → sharded
-TFRecords (DESIGN.md §3).
+TFRecords (schema: docs/DESIGN.md §3).
 
     python -m data_prep.build_imagenet_data --train_tar=ILSVRC2012_img_train.tar \
         --validation_tar=ILSVRC2012_img_val.tar --validation_labels_file=val_labels.txt \

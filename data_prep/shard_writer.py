@@ -37,7 +37,7 @@ def _float_feature(values):
 
 
 def make_example(entry, prepared):
-    """The tf.train.Example of DESIGN §3 (the established ImageNet TFRecord schema)."""
+    """The tf.train.Example of docs/DESIGN.md §3 (the established ImageNet TFRecord schema)."""
     boxes = entry.boxes
     return tf.train.Example(features=tf.train.Features(feature={
         "image/encoded": _bytes_feature(prepared.jpeg),

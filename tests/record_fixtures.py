@@ -1,7 +1,7 @@
 """Small ImageNet-schema TFRecords written by hand (tf.train.Example, images encoded with PIL).
 
-The schema is the one of DESIGN.md §3, written field by field here so that tests check the readers
-against the established format rather than against our own writer.
+The schema is the one of docs/DESIGN.md §3, written field by field here so that tests check the
+readers against the established format rather than against our own writer.
 """
 
 import io

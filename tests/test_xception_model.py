@@ -1,4 +1,5 @@
-"""The network against the facts of DESIGN §2 and against tf.keras.applications.Xception."""
+"""The network against the facts of docs/DESIGN.md §2 and against
+tf.keras.applications.Xception."""
 
 import sys
 

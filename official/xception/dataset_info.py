@@ -1,5 +1,6 @@
-"""What the shards' build_summary.json (written by data_prep) says about a dataset, and the class list
-that travels from the data to the checkpoints to the export.
+"""What the shards' build_summary.json (written by data_prep, or by data_prep.describe_shards for
+shards of other tools) says about a dataset, and the class list that travels from the data to the
+checkpoints to the export.
 
 Output index i of the network is the class whose record label is i + label_offset. With the
 established labels 1..N (first_label 1), label_offset 1 gives N outputs, label_offset 0 gives N + 1
@@ -17,6 +18,9 @@ import tensorflow as tf
 from official.xception.errors import PipelineError
 
 SUMMARY_NAME = "build_summary.json"
+# Summaries without a "built_by" key are data_prep's; data_prep.describe_shards marks its own.
+BUILT_BY_DATA_PREP = "data_prep"
+DESCRIBE_SHARDS_COMMAND = "python -m data_prep.describe_shards --data_dir="
 CLASSES_FILE = "classes.tsv"
 BACKGROUND = ("background", "background")
 
@@ -29,6 +33,7 @@ class DatasetInfo:
     classes: Tuple[Tuple[int, str, str], ...]  # (label, name, text) in label order
     train_examples: Optional[int]
     eval_examples: Optional[int]
+    built_by: str = BUILT_BY_DATA_PREP  # or "describe_shards" for shards built by other tools
 
     def num_outputs(self, label_offset):
         """Outputs a network needs for these labels with `label_offset`."""
@@ -60,8 +65,8 @@ def _split_count(summary, split):
 
 
 def read_dataset_info(data_dir):
-    """The DatasetInfo of `data_dir`'s build_summary.json, or None when there is none (shards written
-    by other tools)."""
+    """The DatasetInfo of `data_dir`'s build_summary.json (written by data_prep, or by
+    data_prep.describe_shards for shards of other tools), or None when there is none."""
     path = os.path.join(data_dir, SUMMARY_NAME)
     if not tf.io.gfile.exists(path):
         return None
@@ -69,6 +74,7 @@ def read_dataset_info(data_dir):
         with tf.io.gfile.GFile(path) as handle:
             summary = json.load(handle)
         first_label = int(summary["settings"]["first_label"])
+        built_by = str(summary.get("built_by", BUILT_BY_DATA_PREP))
         classes = summary.get("classes")
         if classes is not None:
             rows = [(int(c["label"]), str(c["name"]), str(c.get("text") or c["name"])) for c in classes]
@@ -83,7 +89,7 @@ def read_dataset_info(data_dir):
                             "rebuild the shards") from None
     return DatasetInfo(first_label=first_label, classes=tuple(sorted(rows)),
                        train_examples=_split_count(summary, "train"),
-                       eval_examples=_split_count(summary, "validation"))
+                       eval_examples=_split_count(summary, "validation"), built_by=built_by)
 
 
 def write_class_names(directory, names):

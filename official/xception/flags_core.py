@@ -9,7 +9,7 @@ from absl import flags
 from official.xception import hooks
 from official.xception import model_fn
 
-# The recipe of the paper (DESIGN.md §4).
+# The recipe of the paper (see docs/DESIGN.md §6).
 PAPER_LEARNING_RATE = 0.045
 # The paper does not state its batch size. 0.045 is taken to refer to a global batch of 256 (the usual
 # reference for linear scaling, Goyal et al.); the rate actually used is scaled to --batch_size.
@@ -55,6 +55,10 @@ def define_base(flag_values=flags.FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_integer("eval_examples", IMAGENET_EVAL_EXAMPLES, "Images in the validation set; "
                          "evaluation warns when it counts a different number.",
+                         flag_values=flag_values)
+    flags.DEFINE_boolean("allow_incomplete_shards", False, "Train and evaluate on the shards "
+                         "present in --data_dir even when some of their set are missing (e.g. 10 "
+                         "of train-*-of-01024); without it that is an error.",
                          flag_values=flag_values)
     flags.DEFINE_integer("shuffle_buffer", 10000, "Records in the training shuffle buffer.",
                          flag_values=flag_values)

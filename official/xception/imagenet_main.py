@@ -266,11 +266,19 @@ def make_input_fns(flags_obj, model_config, batch_size):
         raise PipelineError("--data_dir is required (or --use_synthetic_data)")
     for is_training in (True, False):
         # Fails now, with a one-line message, rather than after the graph is built.
-        input_pipeline.list_input_files(flags_obj.data_dir, is_training)
+        files = input_pipeline.list_input_files(
+            flags_obj.data_dir, is_training,
+            allow_incomplete_shards=flags_obj.allow_incomplete_shards)
+        if flags_obj.allow_incomplete_shards:
+            total = input_pipeline.shard_set_size(files[0])
+            log = logging.info if len(files) == total else logging.warning
+            log("--allow_incomplete_shards: %s reads %d of %d shards", "training" if is_training
+                else "evaluation", len(files), total)
     common = dict(data_dir=flags_obj.data_dir, batch_size=batch_size,
                   image_size=model_config.image_size, num_classes=model_config.num_classes,
                   label_offset=flags_obj.label_offset, dtype=dtype,
-                  datasets_num_private_threads=flags_obj.datasets_num_private_threads)
+                  datasets_num_private_threads=flags_obj.datasets_num_private_threads,
+                  allow_incomplete_shards=flags_obj.allow_incomplete_shards)
     train = functools.partial(input_pipeline.input_fn, True, shuffle_buffer=flags_obj.shuffle_buffer,
                               augmentation=make_augmentation(flags_obj), seed=flags_obj.seed, **common)
     evaluate = functools.partial(input_pipeline.input_fn, False,
@@ -301,9 +309,57 @@ def make_augmentation(flags_obj):
                             "--min_object_covered)") from None
 
 
+# Fewer bytes than this per record cannot hold a photograph: ImageNet's JPEGs average about 110 KB,
+# and even a 32x32 one with the record's other fields takes more.
+_MIN_BYTES_PER_IMAGE = 1000
+# Shards whose sizes stand for the whole set: stat-ing all 1024 on network storage takes a while.
+_SHARDS_SIZED = 8
+
+
+def _estimated_train_bytes(data_dir, allow_incomplete_shards):
+    """Bytes of the whole training shard set, from the sizes of its first few shards."""
+    files = input_pipeline.list_input_files(data_dir, True,
+                                            allow_incomplete_shards=allow_incomplete_shards)
+    sized = files[:_SHARDS_SIZED]
+    mean_bytes = sum(tf.io.gfile.stat(path).length for path in sized) / len(sized)
+    return mean_bytes * input_pipeline.shard_set_size(files[0])
+
+
+def _warn_without_summary(flags_obj):
+    """Says which values a run on shards without build_summary.json assumes, and refuses to train
+    with ImageNet's epoch size on shards far too small to be ImageNet."""
+    assumed = {name: flags_obj[name].value for name in
+               ("num_classes", "label_offset", "train_examples", "eval_examples")
+               if not flags_obj[name].present}
+    if not assumed:
+        return
+    data_dir = flags_obj.data_dir
+    command = dataset_info.DESCRIBE_SHARDS_COMMAND + data_dir
+    described = {"num_classes": "{:,} classes", "label_offset": "label offset {}",
+                 "train_examples": "{:,} training images", "eval_examples": "{:,} validation images"}
+    logging.warning(
+        "\n%s\nNo %s in --data_dir=%s: assuming ImageNet, %s (the defaults of %s).\n"
+        "For shards that are not exactly ImageNet's (built by other tools), describe them once "
+        "first:\n    %s\nor pass those flags.\n%s",
+        "=" * 100, dataset_info.SUMMARY_NAME, data_dir,
+        ", ".join(described[name].format(value) for name, value in assumed.items()),
+        ", ".join(f"--{name}" for name in assumed), command, "=" * 100)
+    training = not (flags_obj.eval_only or flags_obj.export_only)
+    if not training or "train_examples" not in assumed:
+        return
+    total_bytes = _estimated_train_bytes(data_dir, flags_obj.allow_incomplete_shards)
+    if total_bytes / flags_obj.train_examples < _MIN_BYTES_PER_IMAGE:
+        raise PipelineError(
+            f"--data_dir={data_dir} has no {dataset_info.SUMMARY_NAME} and its training shards hold "
+            f"about {total_bytes:,.0f} bytes, too few for the assumed --train_examples="
+            f"{flags_obj.train_examples:,} ImageNet images: run {command} (or pass "
+            "--train_examples, --eval_examples and --num_classes)")
+
+
 def apply_dataset_info(flags_obj):
     """Takes --num_classes, --label_offset, --train_examples and --eval_examples from the shards'
     build_summary.json where they are not given; a given flag that contradicts it is an error.
+    Without a summary, warns which values are assumed (see _warn_without_summary).
 
     Returns:
       The DatasetInfo, or None without a summary (shards of other tools, synthetic data).
@@ -312,6 +368,7 @@ def apply_dataset_info(flags_obj):
         return None
     info = dataset_info.read_dataset_info(flags_obj.data_dir)
     if info is None:
+        _warn_without_summary(flags_obj)
         return None
     source = os.path.join(flags_obj.data_dir, dataset_info.SUMMARY_NAME)
     if not flags_obj["label_offset"].present:

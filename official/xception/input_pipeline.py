@@ -1,4 +1,5 @@
-"""Estimator input functions over ImageNet TFRecord shards (schema: DESIGN.md §3), and synthetic data.
+"""Estimator input functions over ImageNet TFRecord shards (schema: see docs/DESIGN.md §3), and
+synthetic data.
 
 Training: the split's files are sharded across input pipelines (workers), their order is reshuffled
 every epoch, shards are read in parallel, records are shuffled, repeated forever, parsed and
@@ -13,6 +14,7 @@ import re
 
 import tensorflow as tf
 
+from official.xception import dataset_info
 from official.xception import preprocessing
 from official.xception.errors import PipelineError
 
@@ -45,10 +47,24 @@ def _check_positive_int(value, name):
         raise PipelineError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _check_complete(files, pattern):
+def shard_set_size(path):
+    """N of a shard named `{split}-%05d-of-N`."""
+    return int(_SHARD_NAME.match(os.path.basename(path)).group(2))
+
+
+def _incomplete_hint(data_dir):
+    info = dataset_info.read_dataset_info(data_dir)
+    if info is not None and info.built_by == dataset_info.BUILT_BY_DATA_PREP:
+        return ("finish the data_prep run (rerunning it resumes), or pass "
+                "--allow_incomplete_shards to use only the shards present")
+    return ("copy the missing shards, or pass --allow_incomplete_shards to use only the shards "
+            "present")
+
+
+def _check_complete(files, pattern, data_dir, allow_incomplete):
     """Raises PipelineError unless `files` are shards 0..N-1 of one set of N (a missing shard would
-    silently leave images out of training and evaluation)."""
-    totals = {int(_SHARD_NAME.match(os.path.basename(path)).group(2)) for path in files}
+    silently leave images out of training and evaluation), or any of them if `allow_incomplete`."""
+    totals = {shard_set_size(path) for path in files}
     if len(totals) > 1:
         raise PipelineError(
             f"files matching {pattern} come from shard sets of different sizes "
@@ -56,15 +72,18 @@ def _check_complete(files, pattern):
     total = totals.pop()
     present = {int(_SHARD_NAME.match(os.path.basename(path)).group(1)) for path in files}
     missing = sorted(set(range(total)) - present)
-    if missing:
+    if missing and not allow_incomplete:
         first = os.path.basename(files[0]).split("-")[0] + "-%05d-of-%05d" % (missing[0], total)
         raise PipelineError(
             f"{len(missing)} of {total} shards matching {pattern} are missing (first: {first}): "
-            "finish the data_prep run (rerunning it resumes) or copy the missing shards")
+            + _incomplete_hint(data_dir))
 
 
-def list_input_files(data_dir, is_training, input_context=None):
+def list_input_files(data_dir, is_training, input_context=None, allow_incomplete_shards=False):
     """The sorted shard paths of the split that this input pipeline reads.
+
+    Every shard of the set must be present unless `allow_incomplete_shards` (a subset copied for
+    debugging, say); then the shards present are used.
 
     With an `input_context` of several input pipelines, pipeline i takes every n-th file starting at
     file i, so workers read disjoint sets of files that together cover the split.
@@ -80,7 +99,7 @@ def list_input_files(data_dir, is_training, input_context=None):
         raise PipelineError(
             f"no files match {pattern}: point --data_dir at the directory of TFRecord shards that "
             "data_prep writes (train-00000-of-01024, validation-00000-of-00128, ...)")
-    _check_complete(files, pattern)
+    _check_complete(files, pattern, data_dir, allow_incomplete_shards)
     if input_context is None or input_context.num_input_pipelines == 1:
         return files
     count = input_context.num_input_pipelines
@@ -130,7 +149,8 @@ def data_error_message(error):
 def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1000, label_offset=1,
              dtype=tf.float32, shuffle_buffer=10000,
              augmentation=preprocessing.AugmentationConfig(), eval_central_fraction=0.875,
-             datasets_num_private_threads=None, input_context=None, seed=None):
+             datasets_num_private_threads=None, input_context=None, seed=None,
+             allow_incomplete_shards=False):
     """A tf.data.Dataset of (images [B, S, S, 3] `dtype` in [-1, 1], labels int32 [B]).
 
     Args:
@@ -150,6 +170,7 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
       input_context: tf.distribute.InputContext; each input pipeline then reads a disjoint set of files.
       seed: fixes the file and record shuffling order (the order of training batches becomes
         deterministic, at some cost in speed); the random crops and flips stay unseeded.
+      allow_incomplete_shards: read the shards present even when some of their set are missing.
 
     Raises:
       PipelineError: for bad arguments or when no file matches the split's pattern.
@@ -165,7 +186,7 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
     preprocessing.check_image_size(image_size)
     preprocessing.check_central_fraction(eval_central_fraction)
     dtype = preprocessing.check_output_dtype(dtype)
-    files = list_input_files(data_dir, is_training, input_context)
+    files = list_input_files(data_dir, is_training, input_context, allow_incomplete_shards)
 
     def read_records(paths):
         return tf.data.TFRecordDataset(paths, buffer_size=_READ_BUFFER_BYTES)

@@ -2,8 +2,8 @@
 
 Under absl's app.run, TensorFlow's logger keeps the stderr handler it gave itself on import next to
 absl's handler on the root logger, so every line would print twice. And the tf.estimator and
-tf.compat.v1 APIs this pipeline is built on (DESIGN.md §6) announce their deprecation dozens of times
-a run, notices a user cannot act on that bury the lines that matter.
+tf.compat.v1 APIs this pipeline is built on (see docs/DESIGN.md §8) announce their deprecation
+dozens of times a run, notices a user cannot act on that bury the lines that matter.
 """
 
 import logging

@@ -1,7 +1,7 @@
 """The Estimator model_fn of Xception: loss, weight decay, optimizers, learning-rate schedules, Polyak
 averaging, metrics, warm start and fine-tuning.
 
-Pitfalls this module is built around (DESIGN.md §5-6):
+Pitfalls this module is built around (see docs/DESIGN.md §8):
 - Keras layers inside a model_fn do not put their batch-norm updates in UPDATE_OPS; the train op runs
   `model.get_updates_for(...)` explicitly.
 - Weight decay is chosen by what a variable is (the kernel of a conv, separable-conv or dense layer),
