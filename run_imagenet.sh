@@ -11,7 +11,8 @@
 #                RAW_DIR is set.
 #   MODEL_DIR    checkpoints, TensorBoard summaries, run.log and export/.
 #   RAW_DIR      raw ImageNet: train/ (synset folders) or ILSVRC2012_img_train.tar; val/ or
-#                ILSVRC2012_img_val.tar with val_labels.txt (one synset per line); optional
+#                ILSVRC2012_img_val.tar with val_labels.txt (one synset per line), or val/ in
+#                synset folders (val_labels.txt is then not used); optional
 #                imagenet_metadata.txt and bboxes/ or ILSVRC2012_bbox_train_v2.tar.gz.
 #   NUM_GPUS     GPUs to use (default: all that `nvidia-smi -L` lists; 0 trains on the CPU).
 #   WORKER_HOSTS, TASK_INDEX   one worker of a multi-machine job (host:port,host:port and this
@@ -59,14 +60,25 @@ build_shards_from_raw() {
     else
         die "RAW_DIR=$raw has neither train/ nor ILSVRC2012_img_train.tar"
     fi
+    local labels_needed=1
     if [[ -d "$raw/val" ]]; then
         args+=(--validation_directory="$raw/val")
+        # Validation images already moved into synset folders (as the established preprocessing
+        # script leaves them) carry their labels in the folder names: a label file is not wanted.
+        if compgen -G "$raw/val/*/" >/dev/null; then
+            labels_needed=0
+            if [[ -f "$raw/val_labels.txt" ]]; then
+                echo "note: $raw/val is in class folders; $raw/val_labels.txt is not used" >&2
+            fi
+        fi
     elif [[ -f "$raw/ILSVRC2012_img_val.tar" ]]; then
         args+=(--validation_tar="$raw/ILSVRC2012_img_val.tar")
     else
         die "RAW_DIR=$raw has neither val/ nor ILSVRC2012_img_val.tar"
     fi
-    [[ -f "$raw/val_labels.txt" ]] && args+=(--validation_labels_file="$raw/val_labels.txt")
+    if (( labels_needed )) && [[ -f "$raw/val_labels.txt" ]]; then
+        args+=(--validation_labels_file="$raw/val_labels.txt")
+    fi
     [[ -f "$raw/imagenet_metadata.txt" ]] && args+=(--imagenet_metadata_file="$raw/imagenet_metadata.txt")
     local boxes=()
     if [[ -d "$raw/bboxes" ]]; then

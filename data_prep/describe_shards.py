@@ -32,11 +32,6 @@ SPLITS = ("train", "validation")
 _SHARD_NAME = re.compile(r"^(train|validation)-(\d+)-of-(\d+)$")
 _RECORDS_PER_BATCH = 256
 
-flags.DEFINE_string("data_dir", None, "Directory of train-*-of-* / validation-*-of-* TFRecord shards; "
-                    "build_summary.json is written there.")
-flags.DEFINE_boolean("overwrite", False, "Replace an existing build_summary.json.")
-FLAGS = flags.FLAGS
-
 _FEATURES = {
     "image/class/label": tf.io.FixedLenFeature([], tf.int64),
     "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -204,16 +199,23 @@ def describe_and_write(data_dir, overwrite=False, log=None, progress_interval=10
     return summary
 
 
+def define_flags():
+    flags.DEFINE_string("data_dir", None, "Directory of train-*-of-* / validation-*-of-* TFRecord "
+                        "shards; build_summary.json is written there.")
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing build_summary.json.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.data_dir:
+    if not flags.FLAGS.data_dir:
         raise app.UsageError("--data_dir is required")
     try:
-        describe_and_write(FLAGS.data_dir, overwrite=FLAGS.overwrite)
+        describe_and_write(flags.FLAGS.data_dir, overwrite=flags.FLAGS.overwrite)
     except DataPrepError as error:
         sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

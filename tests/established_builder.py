@@ -92,3 +92,20 @@ def process_dataset(name, directory, num_shards, synset_to_human, labels_file, o
     for synset in synsets:
         counts[synset] = counts.get(synset, 0) + 1
     return counts
+
+
+def preprocess_validation(validation_dir, validation_labels_file):
+    """The original preprocess_imagenet_validation_data.py: moves the flat validation images (sorted by
+    name) into one folder per synset, the i-th image to the i-th line's synset."""
+    with open(validation_labels_file) as handle:
+        synsets = [line.strip() for line in handle if line.strip()]
+    images = sorted(name for name in os.listdir(validation_dir)
+                    if os.path.isfile(os.path.join(validation_dir, name)))
+    for name, synset in zip(images, synsets):
+        os.makedirs(os.path.join(validation_dir, synset), exist_ok=True)
+        os.rename(os.path.join(validation_dir, name), os.path.join(validation_dir, synset, name))
+
+
+def read_synset_to_human(metadata_file):
+    with open(metadata_file) as handle:
+        return dict(line.rstrip("\n").split("\t", 1) for line in handle if line.strip())
