@@ -1,5 +1,6 @@
 """run_imagenet.sh: the no-argument demo end to end, and its failure paths."""
 
+import json
 import os
 import re
 import subprocess
@@ -7,6 +8,8 @@ import sys
 
 import pytest
 
+from data_prep import demo_dataset
+from tests import established_builder
 from tests import record_fixtures
 
 # The script in the source tree (not a runfiles symlink), so that it finds the project's .venv.
@@ -17,7 +20,7 @@ SCRIPT = os.path.realpath(
 def _run(env_updates, *args, timeout=120):
     env = {key: value for key, value in os.environ.items()
            if key not in ("DATA_DIR", "MODEL_DIR", "RAW_DIR", "NUM_GPUS", "WORKER_HOSTS",
-                          "TASK_INDEX", "DEMO_DIR")}
+                          "TASK_INDEX", "DEMO_DIR", "SHARD_FLAGS")}
     env.update(env_updates)
     return subprocess.run(["bash", SCRIPT, *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -59,6 +62,34 @@ def test_failure_paths_print_one_clear_line(tmp_path, env, message):
     assert result.returncode == 1
     assert message in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("validation_layout", ["flat", "class_folders"])
+def test_raw_dir_takes_both_validation_layouts(tmp_path, validation_layout):
+    raw = tmp_path / "raw"
+    demo_dataset.make_demo_dataset(str(raw), num_classes=2, train_per_class=3, val_per_class=2,
+                                   image_size=48)
+    if validation_layout == "class_folders":
+        # As the established preprocessing script leaves it; val_labels.txt stays beside it.
+        established_builder.preprocess_validation(str(raw / "val"), str(raw / "val_labels.txt"))
+    shards = tmp_path / "shards"
+    # --image_size=10 stops imagenet_main with its own one-line error once the shards are built.
+    result = _run({"RAW_DIR": str(raw), "DATA_DIR": str(shards), "MODEL_DIR": str(tmp_path / "model"),
+                   "SHARD_FLAGS": "--train_shards=2 --validation_shards=1"}, "--image_size=10",
+                  timeout=300)
+    assert result.returncode == 1
+    # imagenet_main's output goes through tee to stdout.
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "image_size" in last_line, \
+        result.stdout[-3000:] + result.stderr[-3000:]
+    with open(shards / "build_summary.json") as handle:
+        summary = json.load(handle)
+    assert summary["status"] == "complete"
+    assert summary["splits"]["validation"]["images_written"] == 4
+    assert summary["splits"]["validation"]["classes"].keys() == summary["splits"]["train"][
+        "classes"].keys()
+    note = "val_labels.txt is not used"
+    assert (note in result.stderr) == (validation_layout == "class_folders")
 
 
 if __name__ == "__main__":
