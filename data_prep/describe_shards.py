@@ -65,11 +65,14 @@ def _shard_total(path):
     return int(_SHARD_NAME.match(os.path.basename(path)).group(3))
 
 
+def _parse_batch(serialized):
+    return tf.io.parse_example(serialized, _FEATURES)
+
+
 def _read_shard(path):
-    """Counter of (label, synset, text) over the records of one shard."""
+    """{(label, synset, text): records} over the records of one shard."""
     dataset = tf.data.TFRecordDataset(path).batch(_RECORDS_PER_BATCH).map(
-        lambda serialized: tf.io.parse_example(serialized, _FEATURES),
-        num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+        _parse_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
     counts = collections.Counter()
     try:
         for batch in dataset:
