@@ -19,6 +19,7 @@ from data_prep import demo_dataset
 from data_prep import describe_shards
 from data_prep.errors import DataPrepError
 from official.xception import dataset_info
+from official.xception import evaluate_saved_model
 from official.xception import export
 from official.xception import flags_core
 from official.xception import imagenet_main
@@ -195,6 +196,22 @@ def test_shards_of_another_builder_train_evaluate_and_export_with_their_names(sh
     names = [name.encode() for name, _ in expected_names]
     assert outputs["class_names"].numpy()[0] == names[int(outputs["classes"][0])]
 
+    # The SavedModel's own evaluation, also on a subset of a validation set of two shards.
+    evaluated = evaluate_saved_model.evaluate(str(export_dir / version), shard_copy)
+    assert evaluated["examples"] == results["examples"]
+    assert evaluated["top_1"] == pytest.approx(results["top_1_accuracy"])
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    shutil.copy(os.path.join(shard_copy, "validation-00000-of-00001"),
+                subset / "validation-00001-of-00002")
+    with pytest.raises(PipelineError, match="copy the missing shards, or pass "
+                                            "--allow_incomplete_shards"):
+        evaluate_saved_model.evaluate(str(export_dir / version), str(subset))
+    evaluated_subset = evaluate_saved_model.evaluate(str(export_dir / version), str(subset),
+                                                     allow_incomplete_shards=True)
+    assert evaluated_subset["examples"] == evaluated["examples"]
+    assert evaluated_subset["top_1"] == evaluated["top_1"]
+
 
 def _warnings(caplog):
     return "\n".join(record.getMessage() for record in caplog.records
@@ -280,8 +297,9 @@ def test_allow_incomplete_shards_trains_on_the_shards_present_and_says_how_many(
     with caplog.at_level(logging.INFO, logger="absl"):
         results = imagenet_main.run(flag_values, model_builder=tiny_network.tiny_network)
     messages = "\n".join(record.getMessage() for record in caplog.records)
-    assert "--allow_incomplete_shards: training reads 1 of 2 shards" in messages
-    assert "--allow_incomplete_shards: evaluation reads 1 of 1 shards" in messages
+    assert ("--allow_incomplete_shards: training reads 1 of 2 shards (an epoch is --train_examples: "
+            f"{flag_values.train_examples})") in messages
+    assert "--allow_incomplete_shards: evaluation reads 1 of 1 shards (--eval_examples: 9)" in messages
     assert results["global_step"] == 2
     # The epoch is what the shards present hold, as described.
     remaining = sum(1 for _ in tf.data.TFRecordDataset(

@@ -63,9 +63,11 @@ def _validation_index(filename):
 
 
 def _count_records(data_dir, files):
-    """The validation record count: from data_prep's build_summary.json, else by reading the shards
-    (at disk speed, a small fraction of the evaluation itself)."""
+    """The validation record count: from data_prep's build_summary.json, else (or for an incomplete
+    set of shards) by reading the shards (at disk speed, a small fraction of the evaluation itself)."""
     try:
+        if len(files) != input_pipeline.shard_set_size(files[0]):
+            raise ValueError("the summary counts the whole set")
         with open(os.path.join(data_dir, "build_summary.json"), encoding="utf-8") as handle:
             return int(json.load(handle)["splits"]["validation"]["images_written"])
     except (OSError, KeyError, TypeError, ValueError):
@@ -87,8 +89,9 @@ class _Tally:
 
 
 def evaluate(saved_model_dir, data_dir, *, batch_size=64, label_offset=None, blacklist=frozenset(),
-             progress_interval=10.0):
-    """Evaluates the SavedModel on every validation record not in `blacklist`.
+             progress_interval=10.0, allow_incomplete_shards=False):
+    """Evaluates the SavedModel on every validation record not in `blacklist` (of the shards present,
+    with `allow_incomplete_shards`).
 
     Returns:
       dict with top_1, top_5, examples, excluded, and the per-class tally.
@@ -98,7 +101,8 @@ def evaluate(saved_model_dir, data_dir, *, batch_size=64, label_offset=None, bla
     if label_offset is None:
         label_offset = info["label_offset"]
     serve = tf.saved_model.load(saved_model_dir).signatures[export.SERVING_SIGNATURE]
-    files = input_pipeline.list_input_files(data_dir, is_training=False)
+    files = input_pipeline.list_input_files(data_dir, is_training=False,
+                                            allow_incomplete_shards=allow_incomplete_shards)
     records = tf.data.TFRecordDataset(files).map(
         lambda record: tf.io.parse_single_example(record, _RECORD_FEATURES),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -160,6 +164,8 @@ def define_flags():
     flags.DEFINE_string("blacklist_file", None,
                         "1-based validation image indices to exclude, one per line (ILSVRC2014).")
     flags.DEFINE_string("per_class_csv", None, "Write per-class top-1/top-5 accuracy to this CSV.")
+    flags.DEFINE_boolean("allow_incomplete_shards", False, "Evaluate the validation shards present "
+                         "even when some of their set are missing.")
     flags.mark_flags_as_required(["saved_model_dir", "data_dir"])
 
 
@@ -171,7 +177,8 @@ def main(argv):
         blacklist = read_blacklist(flag_values.blacklist_file) if flag_values.blacklist_file else set()
         result = evaluate(flag_values.saved_model_dir, flag_values.data_dir,
                           batch_size=flag_values.batch_size, label_offset=flag_values.label_offset,
-                          blacklist=blacklist)
+                          blacklist=blacklist,
+                          allow_incomplete_shards=flag_values.allow_incomplete_shards)
         if flag_values.per_class_csv:
             write_per_class_csv(flag_values.per_class_csv, result["tally"],
                                 export.read_class_names(flag_values.saved_model_dir))

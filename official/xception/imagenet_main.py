@@ -272,8 +272,10 @@ def make_input_fns(flags_obj, model_config, batch_size):
         if flags_obj.allow_incomplete_shards:
             total = input_pipeline.shard_set_size(files[0])
             log = logging.info if len(files) == total else logging.warning
-            log("--allow_incomplete_shards: %s reads %d of %d shards", "training" if is_training
-                else "evaluation", len(files), total)
+            log("--allow_incomplete_shards: %s reads %d of %d shards (%s: %d)",
+                "training" if is_training else "evaluation", len(files), total,
+                "an epoch is --train_examples" if is_training else "--eval_examples",
+                flags_obj.train_examples if is_training else flags_obj.eval_examples)
     common = dict(data_dir=flags_obj.data_dir, batch_size=batch_size,
                   image_size=model_config.image_size, num_classes=model_config.num_classes,
                   label_offset=flags_obj.label_offset, dtype=dtype,
