@@ -53,7 +53,11 @@ def shard_set_size(path):
 
 
 def _incomplete_hint(data_dir):
-    info = dataset_info.read_dataset_info(data_dir)
+    """What to do about missing shards: data_prep resumes its own builds; other shards are copied."""
+    try:
+        info = dataset_info.read_dataset_info(data_dir)
+    except PipelineError:  # an unreadable summary is reported where it matters, not here
+        info = None
     if info is not None and info.built_by == dataset_info.BUILT_BY_DATA_PREP:
         return ("finish the data_prep run (rerunning it resumes), or pass "
                 "--allow_incomplete_shards to use only the shards present")
