@@ -206,7 +206,25 @@ def _plan_splits(config, log):
                                 f"images; use at most {len(split_pairs):,} shards")
         entries = shard_plan.shuffled([entry(synset, source) for synset, source in split_pairs], config.seed)
         plans.append(_SplitPlan(name, entries, num_shards, non_images))
+    if config.bounding_box_file:
+        _check_boxes_match(config.bounding_box_file, boxes, plans, log)
     return _Plan(synsets, labels, texts, plans, held_out)
+
+
+def _check_boxes_match(path, boxes, plans, log):
+    """A box CSV for another dataset (or file naming) would otherwise give every image no box, silently."""
+    planned_names = {entry.source.file_name for plan in plans for entry in plan.entries}
+    if not boxes:
+        raise DataPrepError(f"--bounding_box_file {path} holds no boxes; rebuild it with "
+                            f"data_prep.process_bounding_boxes or leave the flag out")
+    unmatched = [name for name in boxes if name not in planned_names]
+    if len(unmatched) == len(boxes):
+        raise DataPrepError(f"--bounding_box_file {path} has boxes for {len(boxes):,} images, but none of them "
+                            f"is among the {len(planned_names):,} input images (first: {unmatched[0]!r}); is it "
+                            f"the CSV for this dataset?")
+    if unmatched:
+        log.write(f"warning: --bounding_box_file {path}: {len(unmatched):,} of its {len(boxes):,} images are not "
+                  f"in the input (first: {unmatched[0]!r}); their boxes are not used\n")
 
 
 class _OutputDirectory:

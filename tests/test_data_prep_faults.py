@@ -17,8 +17,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from data_prep import builder
+from data_prep.errors import DataPrepError
 from data_prep.image_coding import BadImageError, decode_pixels, prepare_image
 from official.xception import preprocessing
+from tests import data_prep_fixtures as fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDE = 71  # the smallest Xception input: preprocess_for_eval at this size and fraction 1 does not resample
@@ -151,6 +154,112 @@ def test_32_bit_images_are_refused_by_name():
     Image.fromarray(np.full((8, 8), 70000, np.int32), "I").save(output, format="TIFF")
     with pytest.raises(BadImageError, match="32-bit integer pixels is not supported"):
         prepare_image(output.getvalue(), MAX_PIXELS)
+
+
+def run_tool(module, *args, timeout=120):
+    """(exit code, stderr) of `python -m module args`, which must end within `timeout` seconds."""
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return result.returncode, result.stderr
+
+
+def assert_one_line_error(code, stderr, *fragments):
+    """A non-zero exit with a single 'error: ...' line holding `fragments`, no traceback."""
+    assert code != 0 and "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and stderr.rstrip().endswith(errors[0]), stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def tree_snapshot(root):
+    """{relative path: bytes} of every file under `root` (symlinks as their target text)."""
+    snapshot = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                snapshot[os.path.relpath(path, root)] = "-> " + os.readlink(path)
+            else:
+                with open(path, "rb") as file:
+                    snapshot[os.path.relpath(path, root)] = file.read()
+    return snapshot
+
+
+def _annotation(width, height, box):
+    xmin, ymin, xmax, ymax = box
+    return (f"<annotation><size><width>{width}</width><height>{height}</height></size><object><bndbox>"
+            f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
+            f"</annotation>")
+
+
+@pytest.mark.parametrize("xml_files", [{}, {"a.xml": "<annotation>", "b.xml": "not xml"},
+                                       {"c.xml": _annotation(100, 100, ("nan", 0, 50, 50))}],
+                         ids=["no XML", "all XML broken", "only NaN boxes"])
+def test_process_bounding_boxes_keeps_the_existing_csv_when_it_has_nothing_to_write(tmp_path, xml_files):
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    for name, text in xml_files.items():
+        (annotations / name).write_text(text)
+    output = tmp_path / "boxes.csv"
+    output.write_text("n01_1.JPEG,0.1000,0.1000,0.9000,0.9000\n")
+    before = tree_snapshot(tmp_path)
+    code, stderr = run_tool("data_prep.process_bounding_boxes", f"--bounding_box_dir={annotations}",
+                            f"--output_file={output}")
+    assert_one_line_error(code, stderr, str(annotations), "was left as it was")
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_non_finite_box_coordinates_are_skipped_with_the_reason(tmp_path):
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "n01_1.xml").write_text(_annotation(100, 200, (10, 20, 60, 120)))
+    (annotations / "n01_2.xml").write_text(_annotation(100, 100, (0, "nan", 50, 50)))
+    (annotations / "n01_3.xml").write_text(_annotation(100, 100, (0, 0, "inf", 50)))
+    (annotations / "n01_4.xml").write_text(_annotation("inf", 100, (0, 0, 50, 50)))
+    output = tmp_path / "boxes.csv"
+    code, stderr = run_tool("data_prep.process_bounding_boxes", f"--bounding_box_dir={annotations}",
+                            f"--output_file={output}")
+    assert code == 0, stderr
+    assert output.read_text() == "n01_1.JPEG,0.1000,0.1000,0.6000,0.6000\n"
+    assert "<ymin> is not a finite number: 'nan'" in stderr and "<xmax> is not a finite number: 'inf'" in stderr
+    assert "<width> is not a finite number: 'inf'" in stderr and "3 unreadable XML files skipped" in stderr
+
+
+def _build_config(tree, output, **overrides):
+    settings = dict(output_directory=str(output), train_directory=tree.train_directory,
+                    validation_directory=tree.validation_directory,
+                    validation_labels_file=tree.validation_labels_file, train_shards=2, validation_shards=1,
+                    num_workers=1, progress_interval=1e9)
+    settings.update(overrides)
+    return builder.BuildConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def raw_tree(tmp_path_factory):
+    return fixtures.make_raw_tree(str(tmp_path_factory.mktemp("raw")), images_per_class=3, validation_per_class=1,
+                                  quirks=False)
+
+
+def test_box_csv_for_other_images_fails_and_a_partial_match_warns_with_counts(raw_tree, tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("elsewhere_1.JPEG,0.1,0.1,0.5,0.5\nelsewhere_2.JPEG,0.1,0.1,0.5,0.5\n")
+    with pytest.raises(DataPrepError, match=r"boxes for 2 images, but none of them is among the 12 input images "
+                                            r"\(first: 'elsewhere_1.JPEG'\)"):
+        builder.build(_build_config(raw_tree, tmp_path / "out1", bounding_box_file=str(other)), log=io.StringIO())
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DataPrepError, match="holds no boxes"):
+        builder.build(_build_config(raw_tree, tmp_path / "out2", bounding_box_file=str(empty)), log=io.StringIO())
+    partial = tmp_path / "partial.csv"
+    with open(raw_tree.bounding_box_file) as matching:
+        lines = matching.read().splitlines()
+    partial.write_text("\n".join(lines + ["elsewhere_1.JPEG,0.1,0.1,0.5,0.5"]) + "\n")
+    log = io.StringIO()
+    builder.build(_build_config(raw_tree, tmp_path / "out3", bounding_box_file=str(partial)), log=log)
+    images_with_boxes = len({line.split(",")[0] for line in lines}) + 1
+    assert (f"1 of its {images_with_boxes} images are not in the input (first: 'elsewhere_1.JPEG')"
+            in log.getvalue())
 
 
 if __name__ == "__main__":
