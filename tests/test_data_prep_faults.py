@@ -18,6 +18,7 @@ import tensorflow as tf
 from PIL import Image
 
 from data_prep import builder
+from data_prep import demo_dataset
 from data_prep.errors import DataPrepError
 from data_prep.image_coding import BadImageError, decode_pixels, prepare_image
 from official.xception import preprocessing
@@ -260,6 +261,66 @@ def test_box_csv_for_other_images_fails_and_a_partial_match_warns_with_counts(ra
     images_with_boxes = len({line.split(",")[0] for line in lines}) + 1
     assert (f"1 of its {images_with_boxes} images are not in the input (first: 'elsewhere_1.JPEG')"
             in log.getvalue())
+
+
+DEMO_FLAGS = ("--num_classes=2", "--train_per_class=2", "--val_per_class=1", "--image_size=32")
+
+
+def test_make_demo_dataset_refuses_a_folder_with_other_files_and_keeps_its_own_output(tmp_path):
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"precious")
+    before = tree_snapshot(tmp_path)
+    code, stderr = run_tool("data_prep.make_demo_dataset", f"--output_dir={foreign}", *DEMO_FLAGS)
+    assert_one_line_error(code, stderr, str(foreign), "not empty", "nothing was written")
+    assert tree_snapshot(tmp_path) == before
+
+    demo = tmp_path / "demo"
+    code, stderr = run_tool("data_prep.make_demo_dataset", f"--output_dir={demo}", *DEMO_FLAGS)
+    assert code == 0, stderr
+    assert sorted(os.listdir(tmp_path)) == ["demo", "photos"]  # no temporary folder left behind
+    made = tree_snapshot(demo)
+    assert "val_labels.txt" in made and "demo_dataset.json" in made
+    code, stderr = run_tool("data_prep.make_demo_dataset", f"--output_dir={demo}", *DEMO_FLAGS)
+    assert code == 0 and "already holds this demo dataset; nothing written" in stderr, stderr
+    code, stderr = run_tool("data_prep.make_demo_dataset", f"--output_dir={demo}", *DEMO_FLAGS, "--seed=1")
+    assert_one_line_error(code, stderr, "does not hold a demo dataset made with these settings")
+    assert tree_snapshot(demo) == made
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--image_size=1000000", "--image_size must be between 32 and 4096, not 1000000"),
+    ("--image_size=8", "--image_size must be between 32 and 4096, not 8"),
+    ("--train_per_class=0", "--train_per_class must be at least 1")])
+def test_make_demo_dataset_bad_sizes_are_one_line(tmp_path, flag, message):
+    code, stderr = run_tool("data_prep.make_demo_dataset", f"--output_dir={tmp_path / 'demo'}", flag)
+    assert_one_line_error(code, stderr, message)
+    assert os.listdir(tmp_path) == []
+
+
+def test_make_demo_dataset_output_is_a_file_or_unwritable(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, stderr = run_tool("data_prep.make_demo_dataset", f"--output_dir={afile}", *DEMO_FLAGS)
+    assert_one_line_error(code, stderr, "is a file, not a folder")
+    code, stderr = run_tool("data_prep.make_demo_dataset", f"--output_dir={afile}/demo", *DEMO_FLAGS)
+    assert_one_line_error(code, stderr, f"cannot write --output_dir {afile}/demo")
+    assert afile.read_text() == "x"
+
+
+def test_interrupted_demo_generation_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+
+    def failing_jpeg(pixels):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device")
+        return b"jpeg"
+
+    monkeypatch.setattr(demo_dataset, "_jpeg", failing_jpeg)
+    with pytest.raises(DataPrepError, match="No space left on device"):
+        demo_dataset.make_demo_dataset(str(tmp_path / "demo"), num_classes=2, train_per_class=3, image_size=32)
+    assert os.listdir(tmp_path) == []
 
 
 if __name__ == "__main__":
