@@ -282,6 +282,24 @@ def _write_atomically(path, text):
     os.replace(temporary, path)
 
 
+def _check_kept_splits_match(previous, plan, first_label, output_directory):
+    """Shards of a split this run does not rebuild stay; their labels must still mean the same classes."""
+    rebuilt = {split.name for split in plan.splits}
+    matches = [_SHARD_PATTERN.match(name) for name in previous.get("shards", {})
+               if os.path.exists(os.path.join(output_directory, name))]
+    kept = "/".join(sorted({match.group(1) for match in matches if match and match.group(1) not in rebuilt}))
+    old_classes = [(entry.get("label"), entry.get("name")) for entry in previous.get("classes", [])]
+    new_classes = [(plan.labels[synset], synset) for synset in plan.synsets]
+    if not kept or (old_classes == new_classes and previous.get("first_label") == first_label):
+        return
+    changes = [f"{name!r} is now label {label}" for label, name in new_classes if (label, name) not in old_classes]
+    changes += [f"{name!r} is gone" for _, name in old_classes if name not in plan.labels]
+    raise DataPrepError(
+        f"the {kept} shards in {output_directory} were built with another class list ({len(old_classes)} classes, "
+        f"now {len(new_classes)}: {changes[0] if changes else '--first_label differs'}), so their labels would "
+        f"disagree: rebuild them in this run (give their input too) or remove the old {kept}-* shards")
+
+
 def _make_tasks(config, plans, previous_shards):
     tasks = []
     for plan in plans:
@@ -358,7 +376,7 @@ class _Summary:
         # Shards of this plan count only once a worker has (re)built or verified them in this run; others
         # (e.g. the split not being rebuilt now) are kept so a later run can still reuse them.
         self.shards = {name: entry for name, entry in previous.get("shards", {}).items()
-                       if name not in planned_names}
+                       if name not in planned_names and os.path.exists(os.path.join(config.output_directory, name))}
         self._plan = plan
         self._first_label = config.first_label
         self._holdout_summary = holdout_summary
@@ -486,6 +504,7 @@ def build(config, log=None):
         output.remove_incomplete_files()
         summary_path = os.path.join(config.output_directory, SUMMARY_NAME)
         previous = _read_previous_summary(summary_path, log)
+        _check_kept_splits_match(previous, plan, config.first_label, config.output_directory)
         tasks = _make_tasks(config, plan.splits, previous.get("shards", {}))
         summary = _Summary(config, plan, _write_holdout_list(config, plan), previous)
         summary.write("in_progress")

@@ -7,6 +7,7 @@ the original bytes, checked against pixels computed here with numpy from the raw
 
 import io
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -261,6 +262,35 @@ def test_box_csv_for_other_images_fails_and_a_partial_match_warns_with_counts(ra
     images_with_boxes = len({line.split(",")[0] for line in lines}) + 1
     assert (f"1 of its {images_with_boxes} images are not in the input (first: 'elsewhere_1.JPEG')"
             in log.getvalue())
+
+
+def test_train_only_rebuild_with_another_class_list_refuses_to_keep_the_old_validation_shards(raw_tree, tmp_path):
+    output = tmp_path / "out"
+    builder.build(_build_config(raw_tree, output), log=io.StringIO())
+    train = tmp_path / "train"
+    shutil.copytree(raw_tree.train_directory, train)
+    shutil.copytree(train / fixtures.SYNSETS[0], train / "n00000000")  # sorts first: every label moves up
+    before = tree_snapshot(output)
+    train_only = _build_config(raw_tree, output, train_directory=str(train), validation_directory=None,
+                               validation_labels_file=None)
+    with pytest.raises(DataPrepError, match=r"the validation shards in .* were built with another class list "
+                                            r"\(3 classes, now 4: 'n00000000' is now label 1\).*remove the old "
+                                            r"validation-\* shards"):
+        builder.build(train_only, log=io.StringIO())
+    assert tree_snapshot(output) == before
+    # Either way out works: rebuilding both splits, or removing the old validation shards.
+    summary = builder.build(_build_config(raw_tree, output, train_directory=str(train)), log=io.StringIO())
+    assert summary["status"] == "complete" and len(summary["classes"]) == 4
+    validation_labels = {record["image/class/synset"].decode(): record["image/class/label"]
+                         for shard in fixtures.read_shards(str(output), "validation") for record in shard}
+    assert validation_labels == {synset: index + 2 for index, synset in enumerate(fixtures.SYNSETS)}
+    shutil.rmtree(output)
+    builder.build(_build_config(raw_tree, output), log=io.StringIO())
+    for name in os.listdir(output):
+        if name.startswith("validation-"):
+            os.remove(output / name)
+    summary = builder.build(train_only, log=io.StringIO())
+    assert summary["status"] == "complete" and not any(name.startswith("validation-") for name in summary["shards"])
 
 
 DEMO_FLAGS = ("--num_classes=2", "--train_per_class=2", "--val_per_class=1", "--image_size=32")
