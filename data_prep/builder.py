@@ -17,9 +17,12 @@ import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import re
+import signal
 import sys
 import time
+import traceback
 import typing
 import unicodedata
 
@@ -34,6 +37,8 @@ SUMMARY_NAME = "build_summary.json"
 HOLDOUT_LIST_NAME = "validation_holdout.tsv"
 LOCK_NAME = ".build_lock"
 _SHARD_PATTERN = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
+# How often the build process checks that its workers are alive while it waits for a shard.
+_WORKER_CHECK_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -320,9 +325,77 @@ def _init_worker():
     if sys.platform.startswith("linux"):
         # Die with the build process: a SIGKILLed build must not leave workers writing shards behind it.
         import ctypes
-        import signal
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _worker_main(task_queue, result_queue):
+    """Builds shards from `task_queue` until it yields None; says which shard it starts, then the outcome."""
+    _init_worker()
+    for index, task in iter(task_queue.get, None):
+        result_queue.put(("started", index, os.getpid()))
+        try:
+            result_queue.put(("done", index, shard_plan.run_shard_task(task)))
+        except DataPrepError as error:
+            result_queue.put(("bad input", index, str(error)))
+        except Exception:  # a bug: its traceback goes to the build process, which re-raises it
+            result_queue.put(("crashed", index, traceback.format_exc()))
+
+
+def _describe_exit(exitcode):
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        return f"was killed by {name}" + (" (what the out-of-memory killer sends: see dmesg)"
+                                          if -exitcode == signal.SIGKILL else "")
+    return f"exited with code {exitcode}"
+
+
+def _run_in_workers(tasks, num_workers):
+    """Yields ShardResults as worker processes finish shards. A worker that dies (e.g. killed by the kernel
+    when memory runs out) fails the build at once, naming it and its shard; multiprocessing.Pool would
+    wait forever for that shard instead."""
+    # 'spawn', not 'fork': the caller may have TensorFlow loaded, and forking it is unsafe.
+    context = multiprocessing.get_context("spawn")
+    task_queue, result_queue = context.Queue(), context.Queue()
+    for item in enumerate(tasks):
+        task_queue.put(item)
+    workers = [context.Process(target=_worker_main, args=(task_queue, result_queue), daemon=True)
+               for _ in range(min(num_workers, len(tasks)))]
+    for _ in workers:
+        task_queue.put(None)
+    for worker in workers:
+        worker.start()
+    shard_of_worker, finished = {}, 0
+    try:
+        while finished < len(tasks):
+            try:
+                kind, index, payload = result_queue.get(timeout=_WORKER_CHECK_SECONDS)
+            except queue.Empty:
+                dead = [worker for worker in workers if worker.exitcode not in (None, 0)]
+                if dead:
+                    index = shard_of_worker.get(dead[0].pid)
+                    shard = tasks[index].name if index is not None else "the shard it had just taken"
+                    raise DataPrepError(
+                        f"build worker {dead[0].pid} {_describe_exit(dead[0].exitcode)} while building {shard}; "
+                        f"the {finished} shards finished in this run are kept: run the same command again to "
+                        f"resume (with fewer --num_workers if memory is short)") from None
+                continue
+            if kind == "started":
+                shard_of_worker[payload] = index
+            elif kind == "done":
+                finished += 1
+                yield payload
+            elif kind == "bad input":
+                raise DataPrepError(payload)
+            else:
+                raise RuntimeError(f"building {tasks[index].name} failed in a worker process:\n{payload}")
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        for worker in workers:
+            worker.join()
+        task_queue.cancel_join_thread()  # unsent tasks must not keep this process from exiting
 
 
 def _run_tasks(tasks, num_workers):
@@ -330,10 +403,7 @@ def _run_tasks(tasks, num_workers):
     if num_workers == 1:
         yield from map(shard_plan.run_shard_task, tasks)
         return
-    # 'spawn', not 'fork': the caller may have TensorFlow loaded, and forking it is unsafe.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(num_workers, len(tasks)), initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(shard_plan.run_shard_task, tasks, chunksize=1)
+    yield from _run_in_workers(tasks, num_workers)
 
 
 def _kind_counts(non_images):
@@ -513,24 +583,27 @@ def build(config, log=None):
         planned_images = {task.name: len(task.entries) for task in tasks}
         progress = ProgressReporter("build", sum(planned_images.values()), interval=config.progress_interval,
                                     stream=log)
-        for result in _run_tasks(tasks, config.num_workers):
-            summary.record(result)
-            if result.reused:
-                progress.exclude(planned_images[result.name])
-            else:
-                for path, _, reason in result.skipped:
-                    log.write(f"warning: skipped {path}: {reason}\n")
-                for path, conversion in result.converted:
-                    log.write(f"note: converted {path} ({conversion})\n")
-            bad_files = summary.bad_file_count()
-            if bad_files > config.max_bad_files:
-                summary.write("failed")
-                raise DataPrepError(f"{bad_files} bad files, more than --max_bad_files={config.max_bad_files}; "
-                                    f"see 'skipped_files' in {summary_path}, fix or remove them (or raise "
-                                    f"--max_bad_files) and run the same command again")
-            summary.write("in_progress")
-            if not result.reused:
-                progress.advance(planned_images[result.name])
+        try:
+            for result in _run_tasks(tasks, config.num_workers):
+                summary.record(result)
+                if result.reused:
+                    progress.exclude(planned_images[result.name])
+                else:
+                    for path, _, reason in result.skipped:
+                        log.write(f"warning: skipped {path}: {reason}\n")
+                    for path, conversion in result.converted:
+                        log.write(f"note: converted {path} ({conversion})\n")
+                bad_files = summary.bad_file_count()
+                if bad_files > config.max_bad_files:
+                    raise DataPrepError(f"{bad_files} bad files, more than --max_bad_files={config.max_bad_files}; "
+                                        f"see 'skipped_files' in {summary_path}, fix or remove them (or raise "
+                                        f"--max_bad_files) and run the same command again")
+                summary.write("in_progress")
+                if not result.reused:
+                    progress.advance(planned_images[result.name])
+        except DataPrepError:
+            summary.write("failed")  # still vouching for the shards finished so far: a re-run reuses them
+            raise
         summary.write("complete")
         content = summary.content("complete")
     finally:

@@ -6,8 +6,10 @@ the original bytes, checked against pixels computed here with numpy from the raw
 """
 
 import io
+import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from data_prep import builder
 from data_prep import demo_dataset
 from data_prep.errors import DataPrepError
 from data_prep.image_coding import BadImageError, decode_pixels, prepare_image
+from data_prep.shard_plan import incomplete_name
 from official.xception import preprocessing
 from tests import data_prep_fixtures as fixtures
 
@@ -291,6 +294,59 @@ def test_train_only_rebuild_with_another_class_list_refuses_to_keep_the_old_vali
             os.remove(output / name)
     summary = builder.build(train_only, log=io.StringIO())
     assert summary["status"] == "complete" and not any(name.startswith("validation-") for name in summary["shards"])
+
+
+def _processes_writing(directory):
+    """{pid: file name} of the processes writing a shard's temporary file in `directory`."""
+    writers = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                name = os.path.basename(target)
+                if os.path.dirname(target) == str(directory) and name.startswith(incomplete_name("")):
+                    writers[int(pid)] = name
+        except OSError:
+            continue  # the process ended meanwhile
+    return writers
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
+def test_a_worker_killed_by_the_kernel_fails_the_build_naming_it_and_the_rerun_resumes(tmp_path):
+    train = tmp_path / "train"
+    for class_index, synset in enumerate(fixtures.SYNSETS):
+        (train / synset).mkdir(parents=True)
+        for index in range(4):  # big flat PNGs: slow enough to convert that a worker is caught in a shard
+            colour = fixtures.CLASS_COLOURS[synset] + (255,)
+            (train / synset / f"{synset}_{index}.png").write_bytes(
+                fixtures.encode(np.full((1200, 1200 + class_index + index, 4), colour, np.uint8), "PNG"))
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "data_prep.build_imagenet_data", f"--train_directory={train}",
+               f"--output_directory={output}", "--train_shards=6", "--num_workers=2"]
+    build = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    try:
+        victim = None
+        while victim is None and build.poll() is None:
+            finished = [name for name in os.listdir(output) if name.startswith("train-")] if output.exists() else []
+            writers = _processes_writing(output) if finished else {}
+            victim = next(iter(writers.items()), None)
+        assert victim is not None, "the build ended before a worker could be killed"
+        os.kill(victim[0], signal.SIGKILL)
+        _, stderr = build.communicate(timeout=60)
+    finally:
+        build.kill()
+    assert_one_line_error(build.returncode, stderr, f"build worker {victim[0]} was killed by SIGKILL",
+                          "out-of-memory", "run the same command again to resume")
+    assert "while building train-" in stderr
+    with open(output / "build_summary.json") as summary_file:
+        summary = json.load(summary_file)
+    kept = {name for name in os.listdir(output) if name.startswith("train-")}
+    assert summary["status"] == "failed" and kept and kept == set(summary["shards"])
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(kept)} finished shards reused" in rerun.stderr
 
 
 DEMO_FLAGS = ("--num_classes=2", "--train_per_class=2", "--val_per_class=1", "--image_size=32")
