@@ -349,6 +349,47 @@ def test_a_worker_killed_by_the_kernel_fails_the_build_naming_it_and_the_rerun_r
     assert f"{len(kept)} finished shards reused" in rerun.stderr
 
 
+def test_tars_made_with_tar_c_dot_are_read_like_the_folders(raw_tree, tmp_path):
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    for synset in fixtures.SYNSETS:  # members named ./n01000001_0.JPEG, as `tar -C folder .` writes them
+        subprocess.run(["tar", "-C", os.path.join(raw_tree.train_directory, synset), "-cf",
+                        str(tars / f"{synset}.tar"), "."], check=True)
+    subprocess.run(["tar", "-C", str(tars), "-cf", str(tmp_path / "train.tar"), "."], check=True)
+    subprocess.run(["tar", "-C", raw_tree.validation_directory, "-cf", str(tmp_path / "val.tar"), "."], check=True)
+    with open(tmp_path / "val.tar", "rb") as archive:
+        assert b"./ILSVRC2012_val_00000001.JPEG" in archive.read()
+    builder.build(_build_config(raw_tree, tmp_path / "from_folders"), log=io.StringIO())
+    builder.build(_build_config(raw_tree, tmp_path / "from_tars", train_directory=None,
+                                train_tar=str(tmp_path / "train.tar"), validation_directory=None,
+                                validation_tar=str(tmp_path / "val.tar")), log=io.StringIO())
+    from_folders = fixtures.shard_bytes(str(tmp_path / "from_folders"))
+    assert from_folders and fixtures.shard_bytes(str(tmp_path / "from_tars")) == from_folders
+
+
+@pytest.mark.parametrize("link, target", [("n01000002/loop", ".."), ("n01000002/deeper/self", "."),
+                                          ("n01000003/up", "../n01000003")])
+def test_symlink_loops_in_the_image_tree_are_one_line(raw_tree, tmp_path, link, target):
+    train = tmp_path / "train"
+    shutil.copytree(raw_tree.train_directory, train)
+    os.makedirs(os.path.dirname(train / link), exist_ok=True)
+    os.symlink(target, train / link)
+    code, stderr = run_tool("data_prep.build_imagenet_data", f"--train_directory={train}",
+                            f"--output_directory={tmp_path / 'out'}", "--train_shards=1", timeout=60)
+    assert_one_line_error(code, stderr, f"{train / link} under --train_directory is a symbolic link to a folder "
+                                        f"that contains it (a loop); remove the link")
+
+
+def test_dangling_symlink_is_reported_as_a_skipped_image(raw_tree, tmp_path):
+    train = tmp_path / "train"
+    shutil.copytree(raw_tree.train_directory, train)
+    os.symlink("/nonexistent/photo.JPEG", train / fixtures.SYNSETS[0] / "gone.JPEG")
+    summary = builder.build(_build_config(raw_tree, tmp_path / "out", train_directory=str(train)),
+                            log=io.StringIO())
+    assert summary["skipped_files"] == [{"split": "train", "path": str(train / fixtures.SYNSETS[0] / "gone.JPEG"),
+                                         "reason": "unreadable (No such file or directory)"}]
+
+
 DEMO_FLAGS = ("--num_classes=2", "--train_per_class=2", "--val_per_class=1", "--image_size=32")
 
 
