@@ -389,6 +389,8 @@ def _run_in_workers(tasks, num_workers):
                 raise DataPrepError(payload)
             else:
                 raise RuntimeError(f"building {tasks[index].name} failed in a worker process:\n{payload}")
+        for worker in workers:
+            worker.join()  # each exits on its None; stopping one mid-exit upsets multiprocessing's cleanup
     finally:
         for worker in workers:
             if worker.is_alive():

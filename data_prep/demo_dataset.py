@@ -172,6 +172,8 @@ def make_demo_dataset(output_dir, num_classes=5, train_per_class=60, val_per_cla
         raise DataPrepError(f"--image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, not {image_size}")
     if train_per_class < 1 or val_per_class < 0:
         raise DataPrepError("--train_per_class must be at least 1 and --val_per_class at least 0")
+    if seed < 0:
+        raise DataPrepError(f"--seed must be at least 0, not {seed}")
     classes = demo_classes(num_classes)
     settings = {"num_classes": num_classes, "train_per_class": train_per_class, "val_per_class": val_per_class,
                 "image_size": image_size, "seed": seed}

@@ -238,17 +238,16 @@ def _tar_files(archive, flag, tar_path, base_offset=0, prefix=""):
 
 
 def _open_raw(tar_path, flag):
+    # Checked before opening: opening a named pipe would wait for a writer, forever.
+    if os.path.exists(tar_path) and not os.path.isfile(tar_path):
+        raise DataPrepError(f"{flag} {tar_path} is not a regular file (it is read by offset: a folder or "
+                            f"a pipe will not do)")
     try:
-        raw_file = open(tar_path, "rb", buffering=0)
+        return open(tar_path, "rb", buffering=0)
     except FileNotFoundError:
         raise DataPrepError(f"{flag} {tar_path} does not exist") from None
     except OSError as error:
         raise DataPrepError(f"cannot read {flag} {tar_path}: {error.strerror or error}") from None
-    if not os.path.isfile(tar_path):
-        raw_file.close()
-        raise DataPrepError(f"{flag} {tar_path} is not a regular file (it is read by offset, so a pipe "
-                            f"will not do)")
-    return raw_file
 
 
 def list_train_tar(tar_path, flag="--train_tar"):

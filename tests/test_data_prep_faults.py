@@ -178,13 +178,15 @@ def assert_one_line_error(code, stderr, *fragments):
 
 
 def tree_snapshot(root):
-    """{relative path: bytes} of every file under `root` (symlinks as their target text)."""
+    """{relative path: bytes} of every file under `root` (symlinks as their target, pipes as "pipe")."""
     snapshot = {}
     for folder, _, files in os.walk(root):
         for name in files:
             path = os.path.join(folder, name)
             if os.path.islink(path):
                 snapshot[os.path.relpath(path, root)] = "-> " + os.readlink(path)
+            elif not os.path.isfile(path):
+                snapshot[os.path.relpath(path, root)] = "pipe"
             else:
                 with open(path, "rb") as file:
                     snapshot[os.path.relpath(path, root)] = file.read()
@@ -390,6 +392,44 @@ def test_dangling_symlink_is_reported_as_a_skipped_image(raw_tree, tmp_path):
                                          "reason": "unreadable (No such file or directory)"}]
 
 
+def _bad_build_inputs(tmp_path, raw_tree):
+    """{case: (flags, expected fragment of the error line)}; every case is set up under `tmp_path`."""
+    os.mkfifo(tmp_path / "pipe.tar")
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)))
+    (tmp_path / "not_a_tar.tar").write_bytes(b"\x1f\x8b" + bytes(600))
+    (tmp_path / "a_file").write_text("precious")
+    train = f"--train_directory={raw_tree.train_directory}"
+    output = f"--output_directory={tmp_path / 'out'}"
+    return {
+        "pipe as tar": ([f"--train_tar={tmp_path / 'pipe.tar'}", output], "is not a regular file"),
+        "folder as tar": ([f"--train_tar={tmp_path}", output], "is not a regular file"),
+        "compressed tar": ([f"--train_tar={tmp_path / 'not_a_tar.tar'}", output], "is not an uncompressed tar"),
+        "folder as labels": ([train, output, f"--labels_file={tmp_path}"], "Is a directory"),
+        "binary metadata": ([train, output, f"--imagenet_metadata_file={tmp_path / 'binary.txt'}"],
+                            "is not UTF-8 text"),
+        "binary boxes": ([train, output, f"--bounding_box_file={tmp_path / 'binary.txt'}"], "--bounding_box_file"),
+        "output is a file": ([train, f"--output_directory={tmp_path / 'a_file'}"], "cannot write --output_directory"),
+        "missing images": ([f"--train_directory={tmp_path / 'nowhere'}", output], "does not exist"),
+        "no shards": ([train, output, "--validation_fraction=0.5", "--validation_shards=0"],
+                      "--validation_shards must be at least 1"),
+    }
+
+
+BAD_BUILD_INPUTS = ("pipe as tar", "folder as tar", "compressed tar", "folder as labels", "binary metadata",
+                    "binary boxes", "output is a file", "missing images", "no shards")
+
+
+@pytest.mark.parametrize("case", BAD_BUILD_INPUTS)
+def test_bad_build_input_is_one_line_and_touches_nothing(raw_tree, tmp_path, case):
+    flags, fragment = _bad_build_inputs(tmp_path, raw_tree)[case]
+    before = tree_snapshot(tmp_path)
+    code, stderr = run_tool("data_prep.build_imagenet_data", *flags, "--train_shards=1", timeout=60)
+    assert_one_line_error(code, stderr, fragment)
+    after = tree_snapshot(tmp_path)
+    assert {name: data for name, data in after.items() if not name.startswith("out/")} == before
+    assert set(after) - set(before) <= {"out/.build_lock"}
+
+
 DEMO_FLAGS = ("--num_classes=2", "--train_per_class=2", "--val_per_class=1", "--image_size=32")
 
 
@@ -418,7 +458,8 @@ def test_make_demo_dataset_refuses_a_folder_with_other_files_and_keeps_its_own_o
 @pytest.mark.parametrize("flag, message", [
     ("--image_size=1000000", "--image_size must be between 32 and 4096, not 1000000"),
     ("--image_size=8", "--image_size must be between 32 and 4096, not 8"),
-    ("--train_per_class=0", "--train_per_class must be at least 1")])
+    ("--train_per_class=0", "--train_per_class must be at least 1"),
+    ("--seed=-1", "--seed must be at least 0, not -1")])
 def test_make_demo_dataset_bad_sizes_are_one_line(tmp_path, flag, message):
     code, stderr = run_tool("data_prep.make_demo_dataset", f"--output_dir={tmp_path / 'demo'}", flag)
     assert_one_line_error(code, stderr, message)
