@@ -322,6 +322,8 @@ def _make_tasks(config, plans, previous_shards):
 
 
 def _init_worker():
+    # Ctrl-C reaches the whole process group: the build process alone handles it (and stops the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         # Die with the build process: a SIGKILLed build must not leave workers writing shards behind it.
         import ctypes

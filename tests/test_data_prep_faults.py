@@ -314,8 +314,8 @@ def _processes_writing(directory):
     return writers
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
-def test_a_worker_killed_by_the_kernel_fails_the_build_naming_it_and_the_rerun_resumes(tmp_path):
+def _slow_build(tmp_path):
+    """(command, output folder, running build process) of a 2-worker build whose shards take a while."""
     train = tmp_path / "train"
     for class_index, synset in enumerate(fixtures.SYNSETS):
         (train / synset).mkdir(parents=True)
@@ -326,30 +326,68 @@ def test_a_worker_killed_by_the_kernel_fails_the_build_naming_it_and_the_rerun_r
     output = tmp_path / "out"
     command = [sys.executable, "-m", "data_prep.build_imagenet_data", f"--train_directory={train}",
                f"--output_directory={output}", "--train_shards=6", "--num_workers=2"]
-    build = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True,
+    # A session of its own, as a terminal's foreground job: Ctrl-C goes to the whole group.
+    build = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True,
                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return command, output, build
+
+
+def _summary_shards(output):
     try:
-        victim = None
-        while victim is None and build.poll() is None:
-            finished = [name for name in os.listdir(output) if name.startswith("train-")] if output.exists() else []
-            writers = _processes_writing(output) if finished else {}
-            victim = next(iter(writers.items()), None)
-        assert victim is not None, "the build ended before a worker could be killed"
-        os.kill(victim[0], signal.SIGKILL)
-        _, stderr = build.communicate(timeout=60)
-    finally:
-        build.kill()
-    assert_one_line_error(build.returncode, stderr, f"build worker {victim[0]} was killed by SIGKILL",
-                          "out-of-memory", "run the same command again to resume")
-    assert "while building train-" in stderr
+        with open(output / "build_summary.json") as summary_file:
+            return json.load(summary_file)["shards"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _wait_for_a_worker_after_a_finished_shard(output, build):
+    """(pid, temporary file) of a worker writing a shard once the summary vouches for another shard."""
+    while build.poll() is None:
+        writers = _processes_writing(output) if _summary_shards(output) else {}
+        if writers:
+            return next(iter(writers.items()))
+    raise AssertionError("the build ended before a worker was caught writing a shard")
+
+
+def _assert_rerun_resumes(command, output, status):
     with open(output / "build_summary.json") as summary_file:
         summary = json.load(summary_file)
-    kept = {name for name in os.listdir(output) if name.startswith("train-")}
-    assert summary["status"] == "failed" and kept and kept == set(summary["shards"])
+    kept = set(summary["shards"])
+    # A shard finished in the last instant may not be recorded yet: it is then built again, never trusted.
+    assert summary["status"] == status and kept and kept <= set(os.listdir(output))
+    assert not _processes_writing(output)  # no worker left behind
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(kept)} finished shards reused" in rerun.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
+def test_a_worker_killed_by_the_kernel_fails_the_build_naming_it_and_the_rerun_resumes(tmp_path):
+    command, output, build = _slow_build(tmp_path)
+    try:
+        victim, _ = _wait_for_a_worker_after_a_finished_shard(output, build)
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = build.communicate(timeout=60)
+    finally:
+        build.kill()
+    assert_one_line_error(build.returncode, stderr, f"build worker {victim} was killed by SIGKILL",
+                          "out-of-memory", "run the same command again to resume")
+    assert "while building train-" in stderr
+    _assert_rerun_resumes(command, output, "failed")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
+def test_ctrl_c_stops_the_build_and_its_workers_in_one_line_and_the_rerun_resumes(tmp_path):
+    command, output, build = _slow_build(tmp_path)
+    try:
+        _wait_for_a_worker_after_a_finished_shard(output, build)
+        os.killpg(build.pid, signal.SIGINT)
+        _, stderr = build.communicate(timeout=60)
+    finally:
+        build.kill()
+    assert_one_line_error(build.returncode, stderr, "interrupted", "run the same command again to resume")
+    _assert_rerun_resumes(command, output, "in_progress")
 
 
 def test_tars_made_with_tar_c_dot_are_read_like_the_folders(raw_tree, tmp_path):
