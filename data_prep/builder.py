@@ -84,6 +84,16 @@ def _check_config(config):
     if not (config.train_directory or config.train_tar or config.validation_directory or config.validation_tar):
         raise DataPrepError("nothing to build: give --train_directory/--train_tar and/or "
                             "--validation_directory/--validation_tar")
+    # Before listing the inputs, which takes minutes for the ImageNet tars.
+    for flag, path in (("--train_directory", config.train_directory), ("--train_tar", config.train_tar),
+                       ("--validation_directory", config.validation_directory),
+                       ("--validation_tar", config.validation_tar),
+                       ("--validation_labels_file", config.validation_labels_file),
+                       ("--labels_file", config.labels_file),
+                       ("--imagenet_metadata_file", config.imagenet_metadata_file),
+                       ("--bounding_box_file", config.bounding_box_file)):
+        if path and not os.path.exists(path):
+            raise DataPrepError(f"{flag} {path} does not exist")
     if config.first_label not in (0, 1):
         raise DataPrepError(f"--first_label must be 1 (labels 1..N, 0 = background, the established "
                             f"convention) or 0 (labels 0..N-1), not {config.first_label}")

@@ -453,13 +453,15 @@ def _bad_build_inputs(tmp_path, raw_tree):
         "binary boxes": ([train, output, f"--bounding_box_file={tmp_path / 'binary.txt'}"], "--bounding_box_file"),
         "output is a file": ([train, f"--output_directory={tmp_path / 'a_file'}"], "cannot write --output_directory"),
         "missing images": ([f"--train_directory={tmp_path / 'nowhere'}", output], "does not exist"),
+        "missing box file": ([train, output, f"--bounding_box_file={tmp_path / 'boxes.csv'}"],
+                             f"--bounding_box_file {tmp_path / 'boxes.csv'} does not exist"),
         "no shards": ([train, output, "--validation_fraction=0.5", "--validation_shards=0"],
                       "--validation_shards must be at least 1"),
     }
 
 
 BAD_BUILD_INPUTS = ("pipe as tar", "folder as tar", "compressed tar", "folder as labels", "binary metadata",
-                    "binary boxes", "output is a file", "missing images", "no shards")
+                    "binary boxes", "output is a file", "missing images", "missing box file", "no shards")
 
 
 @pytest.mark.parametrize("case", BAD_BUILD_INPUTS)
