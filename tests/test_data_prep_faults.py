@@ -33,6 +33,21 @@ SIDE = 71  # the smallest Xception input: preprocess_for_eval at this size and f
 MAX_PIXELS = 10_000_000
 
 
+def _build_config(tree, output, **overrides):
+    settings = dict(output_directory=str(output), train_directory=tree.train_directory,
+                    validation_directory=tree.validation_directory,
+                    validation_labels_file=tree.validation_labels_file, train_shards=2, validation_shards=1,
+                    num_workers=1, progress_interval=1e9)
+    settings.update(overrides)
+    return builder.BuildConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def raw_tree(tmp_path_factory):
+    return fixtures.make_raw_tree(str(tmp_path_factory.mktemp("raw")), images_per_class=3, validation_per_class=1,
+                                  quirks=False)
+
+
 def _png_chunk(kind, payload):
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
@@ -128,6 +143,21 @@ def test_stored_image_decodes_to_what_serving_computes_from_the_original_bytes(c
     # Measured: mean 0.6-1.5, max 2-10 levels; storing on the other background or clipping 16-bit values
     # is off by about 100 on average.
     assert error.mean() < 2 and error.max() <= 16, (error.mean(), error.max())
+
+
+def test_shards_hold_what_serving_computes_from_the_original_png(raw_tree, tmp_path):
+    train = tmp_path / "train"
+    shutil.copytree(raw_tree.train_directory, train)
+    originals = {f"{synset}_{case.replace(' ', '_')}.png": TRANSPARENT_IMAGES[case]
+                 for synset, case in zip(fixtures.SYNSETS, ("16-bit gray", "8-bit RGBA", "palette+tRNS"))}
+    for synset, (name, (data, _)) in zip(fixtures.SYNSETS, originals.items()):
+        (train / synset / name).write_bytes(data)
+    builder.build(_build_config(raw_tree, tmp_path / "out", train_directory=str(train)), log=io.StringIO())
+    stored = {record["image/filename"].decode(): record["image/encoded"]
+              for shard in fixtures.read_shards(str(tmp_path / "out"), "train") for record in shard}
+    for name, (_, expected) in originals.items():
+        error = np.abs(serving_pixels(stored[name]) - expected)
+        assert error.mean() < 2 and error.max() <= 16, (name, error.mean(), error.max())
 
 
 def test_transparent_gif_pixels_are_black_on_both_sides():
@@ -236,21 +266,6 @@ def test_non_finite_box_coordinates_are_skipped_with_the_reason(tmp_path):
     assert output.read_text() == "n01_1.JPEG,0.1000,0.1000,0.6000,0.6000\n"
     assert "<ymin> is not a finite number: 'nan'" in stderr and "<xmax> is not a finite number: 'inf'" in stderr
     assert "<width> is not a finite number: 'inf'" in stderr and "3 unreadable XML files skipped" in stderr
-
-
-def _build_config(tree, output, **overrides):
-    settings = dict(output_directory=str(output), train_directory=tree.train_directory,
-                    validation_directory=tree.validation_directory,
-                    validation_labels_file=tree.validation_labels_file, train_shards=2, validation_shards=1,
-                    num_workers=1, progress_interval=1e9)
-    settings.update(overrides)
-    return builder.BuildConfig(**settings)
-
-
-@pytest.fixture(scope="module")
-def raw_tree(tmp_path_factory):
-    return fixtures.make_raw_tree(str(tmp_path_factory.mktemp("raw")), images_per_class=3, validation_per_class=1,
-                                  quirks=False)
 
 
 def test_box_csv_for_other_images_fails_and_a_partial_match_warns_with_counts(raw_tree, tmp_path):
