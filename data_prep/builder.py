@@ -300,9 +300,18 @@ def _write_atomically(path, text):
 def _check_kept_splits_match(previous, plan, first_label, output_directory):
     """Shards of a split this run does not rebuild stay; their labels must still mean the same classes."""
     rebuilt = {split.name for split in plan.splits}
-    matches = [_SHARD_PATTERN.match(name) for name in previous.get("shards", {})
-               if os.path.exists(os.path.join(output_directory, name))]
-    kept = "/".join(sorted({match.group(1) for match in matches if match and match.group(1) not in rebuilt}))
+    kept = {}  # shard name → split
+    for name in sorted(os.listdir(output_directory)):
+        match = _SHARD_PATTERN.match(name)
+        if match and match.group(1) not in rebuilt:
+            kept[name] = match.group(1)
+    unknown = [name for name in kept if name not in previous.get("shards", {})]
+    if unknown:
+        raise DataPrepError(f"{output_directory} holds {unknown[0]} (and {len(unknown) - 1} more), which "
+                            f"{SUMMARY_NAME} does not describe, so its labels cannot be checked against this run's "
+                            f"classes: rebuild the {kept[unknown[0]]} split in this run (give its input too) or "
+                            f"remove the old {kept[unknown[0]]}-* shards")
+    splits = "/".join(sorted(set(kept.values())))
     old_classes = [(entry.get("label"), entry.get("name")) for entry in previous.get("classes", [])]
     new_classes = [(plan.labels[synset], synset) for synset in plan.synsets]
     if not kept or (old_classes == new_classes and previous.get("first_label") == first_label):
@@ -310,9 +319,9 @@ def _check_kept_splits_match(previous, plan, first_label, output_directory):
     changes = [f"{name!r} is now label {label}" for label, name in new_classes if (label, name) not in old_classes]
     changes += [f"{name!r} is gone" for _, name in old_classes if name not in plan.labels]
     raise DataPrepError(
-        f"the {kept} shards in {output_directory} were built with another class list ({len(old_classes)} classes, "
+        f"the {splits} shards in {output_directory} were built with another class list ({len(old_classes)} classes, "
         f"now {len(new_classes)}: {changes[0] if changes else '--first_label differs'}), so their labels would "
-        f"disagree: rebuild them in this run (give their input too) or remove the old {kept}-* shards")
+        f"disagree: rebuild them in this run (give their input too) or remove the old {splits}-* shards")
 
 
 def _make_tasks(config, plans, previous_shards):

@@ -316,6 +316,14 @@ def test_train_only_rebuild_with_another_class_list_refuses_to_keep_the_old_vali
             os.remove(output / name)
     summary = builder.build(train_only, log=io.StringIO())
     assert summary["status"] == "complete" and not any(name.startswith("validation-") for name in summary["shards"])
+    # Shards the summary does not describe (it was deleted) cannot be checked: refused as well.
+    builder.build(_build_config(raw_tree, output), log=io.StringIO())
+    os.remove(output / builder.SUMMARY_NAME)
+    before = tree_snapshot(output)
+    with pytest.raises(DataPrepError, match=r"holds validation-00000-of-00001 \(and 0 more\), which "
+                                            r"build_summary.json does not describe"):
+        builder.build(train_only, log=io.StringIO())
+    assert tree_snapshot(output) == before
 
 
 def _processes_writing(directory):
