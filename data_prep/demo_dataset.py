@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -195,11 +194,10 @@ def make_demo_dataset(output_dir, num_classes=5, train_per_class=60, val_per_cla
     temporary = None
     try:
         os.makedirs(os.path.dirname(output_dir), exist_ok=True)
-        temporary = tempfile.mkdtemp(prefix=os.path.basename(output_dir) + ".incomplete-",
-                                     dir=os.path.dirname(output_dir))
+        os.mkdir(f"{output_dir}.incomplete-{os.getpid()}")  # unlike mkdtemp, honours the umask
+        temporary = f"{output_dir}.incomplete-{os.getpid()}"
         _write_files(temporary, classes, train_per_class, val_per_class, image_size, seed)
         _write(os.path.join(temporary, SETTINGS_NAME), json.dumps(settings, indent=1) + "\n")
-        os.chmod(temporary, 0o777 & ~_umask())
         os.replace(temporary, output_dir)  # fails, leaving it alone, if something appeared there meanwhile
         temporary = None
     except OSError as error:
@@ -208,9 +206,3 @@ def make_demo_dataset(output_dir, num_classes=5, train_per_class=60, val_per_cla
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
     return classes
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
