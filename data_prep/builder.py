@@ -398,7 +398,7 @@ def _run_in_workers(tasks, num_workers):
                     shard = tasks[index].name if index is not None else "the shard it had just taken"
                     raise DataPrepError(
                         f"build worker {dead[0].pid} {_describe_exit(dead[0].exitcode)} while building {shard}; "
-                        f"the {finished} shards finished in this run are kept: run the same command again to "
+                        f"the {finished} shards done so far are kept: run the same command again to "
                         f"resume (with fewer --num_workers if memory is short)") from None
                 continue
             if kind == "started":
