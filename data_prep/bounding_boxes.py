@@ -7,6 +7,7 @@ the image size, one line per box, e.g. `n01440764_10026.JPEG,0.0060,0.0100,0.998
 import collections
 import csv
 import dataclasses
+import math
 import os
 import sys
 import tarfile
@@ -45,9 +46,12 @@ def _number(element, tag):
     if node is None or node.text is None:
         raise ValueError(f"missing <{tag}>")
     try:
-        return float(node.text)
+        value = float(node.text)
     except ValueError:
         raise ValueError(f"<{tag}> is not a number: {node.text.strip()!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"<{tag}> is not a finite number: {node.text.strip()!r}")
+    return value
 
 
 def parse_annotation(xml_bytes):
@@ -189,6 +193,10 @@ def read_box_csv(path):
 _PROGRESS_EVERY_FILES = 50000
 
 
+def _kept(output_file):
+    return f" ({output_file} was left as it was)" if os.path.exists(output_file) else ""
+
+
 def write_csv(output_file, directory=None, tar_path=None, log=None):
     """Writes the CSV atomically (temporary name, then rename) and returns the BoxStats."""
     log = log or sys.stderr
@@ -211,16 +219,27 @@ def write_csv(output_file, directory=None, tar_path=None, log=None):
                       f"{format_duration(elapsed)} elapsed\n")
 
     try:
-        with open(temporary, "w", encoding="utf-8", newline="") as csv_stream:
-            stats = convert_annotations(annotation_files, csv_stream, on_file=on_file)
-        os.replace(temporary, output_file)
-    except OSError as error:
-        raise DataPrepError(f"cannot write --output_file {output_file}: {error.strerror or error}") from None
+        try:
+            with open(temporary, "w", encoding="utf-8", newline="") as csv_stream:
+                stats = convert_annotations(annotation_files, csv_stream, on_file=on_file)
+                csv_stream.flush()
+                os.fsync(csv_stream.fileno())
+        except OSError as error:
+            raise DataPrepError(f"cannot write --output_file {output_file}: {error.strerror or error}") from None
+        # An existing CSV is replaced only by a useful one: a wrong folder or a broken archive keeps it.
+        source = directory or tar_path
+        if stats.xml_files == 0:
+            raise DataPrepError(f"no .xml files found in {source}; is this the bounding-box annotation folder "
+                                f"or archive?{_kept(output_file)}")
+        if len(stats.skipped_files) == stats.xml_files:
+            raise DataPrepError(f"none of the {stats.xml_files:,} XML files in {source} is a readable annotation "
+                                f"(first: {stats.skipped_files[0][0]}: {stats.skipped_files[0][1]}); is this "
+                                f"the bounding-box annotation folder or archive?{_kept(output_file)}")
+        try:
+            os.replace(temporary, output_file)
+        except OSError as error:
+            raise DataPrepError(f"cannot write --output_file {output_file}: {error.strerror or error}") from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    if stats.xml_files == 0:
-        os.remove(output_file)
-        raise DataPrepError(f"no .xml files found in {directory or tar_path}; is this the bounding-box "
-                            f"annotation folder or archive?")
     return stats

@@ -83,6 +83,9 @@ def main(argv):
         builder.build(config)
     except DataPrepError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"error: interrupted; the finished shards in {FLAGS.output_directory} are kept: run the same "
+                 f"command again to resume")
 
 
 if __name__ == "__main__":

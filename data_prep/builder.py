@@ -17,9 +17,12 @@ import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import re
+import signal
 import sys
 import time
+import traceback
 import typing
 import unicodedata
 
@@ -34,6 +37,8 @@ SUMMARY_NAME = "build_summary.json"
 HOLDOUT_LIST_NAME = "validation_holdout.tsv"
 LOCK_NAME = ".build_lock"
 _SHARD_PATTERN = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
+# How often the build process checks that its workers are alive while it waits for a shard.
+_WORKER_CHECK_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -79,6 +84,16 @@ def _check_config(config):
     if not (config.train_directory or config.train_tar or config.validation_directory or config.validation_tar):
         raise DataPrepError("nothing to build: give --train_directory/--train_tar and/or "
                             "--validation_directory/--validation_tar")
+    # Before listing the inputs, which takes minutes for the ImageNet tars.
+    for flag, path in (("--train_directory", config.train_directory), ("--train_tar", config.train_tar),
+                       ("--validation_directory", config.validation_directory),
+                       ("--validation_tar", config.validation_tar),
+                       ("--validation_labels_file", config.validation_labels_file),
+                       ("--labels_file", config.labels_file),
+                       ("--imagenet_metadata_file", config.imagenet_metadata_file),
+                       ("--bounding_box_file", config.bounding_box_file)):
+        if path and not os.path.exists(path):
+            raise DataPrepError(f"{flag} {path} does not exist")
     if config.first_label not in (0, 1):
         raise DataPrepError(f"--first_label must be 1 (labels 1..N, 0 = background, the established "
                             f"convention) or 0 (labels 0..N-1), not {config.first_label}")
@@ -206,7 +221,25 @@ def _plan_splits(config, log):
                                 f"images; use at most {len(split_pairs):,} shards")
         entries = shard_plan.shuffled([entry(synset, source) for synset, source in split_pairs], config.seed)
         plans.append(_SplitPlan(name, entries, num_shards, non_images))
+    if config.bounding_box_file:
+        _check_boxes_match(config.bounding_box_file, boxes, plans, log)
     return _Plan(synsets, labels, texts, plans, held_out)
+
+
+def _check_boxes_match(path, boxes, plans, log):
+    """A box CSV for another dataset (or file naming) would otherwise give every image no box, silently."""
+    planned_names = {entry.source.file_name for plan in plans for entry in plan.entries}
+    if not boxes:
+        raise DataPrepError(f"--bounding_box_file {path} holds no boxes; rebuild it with "
+                            f"data_prep.process_bounding_boxes or leave the flag out")
+    unmatched = [name for name in boxes if name not in planned_names]
+    if len(unmatched) == len(boxes):
+        raise DataPrepError(f"--bounding_box_file {path} has boxes for {len(boxes):,} images, but none of them "
+                            f"is among the {len(planned_names):,} input images (first: {unmatched[0]!r}); is it "
+                            f"the CSV for this dataset?")
+    if unmatched:
+        log.write(f"warning: --bounding_box_file {path}: {len(unmatched):,} of its {len(boxes):,} images are not "
+                  f"in the input (first: {unmatched[0]!r}); their boxes are not used\n")
 
 
 class _OutputDirectory:
@@ -264,6 +297,33 @@ def _write_atomically(path, text):
     os.replace(temporary, path)
 
 
+def _check_kept_splits_match(previous, plan, first_label, output_directory):
+    """Shards of a split this run does not rebuild stay; their labels must still mean the same classes."""
+    rebuilt = {split.name for split in plan.splits}
+    kept = {}  # shard name → split
+    for name in sorted(os.listdir(output_directory)):
+        match = _SHARD_PATTERN.match(name)
+        if match and match.group(1) not in rebuilt:
+            kept[name] = match.group(1)
+    unknown = [name for name in kept if name not in previous.get("shards", {})]
+    if unknown:
+        raise DataPrepError(f"{output_directory} holds {unknown[0]} (and {len(unknown) - 1} more), which "
+                            f"{SUMMARY_NAME} does not describe, so its labels cannot be checked against this run's "
+                            f"classes: rebuild the {kept[unknown[0]]} split in this run (give its input too) or "
+                            f"remove the old {kept[unknown[0]]}-* shards")
+    splits = "/".join(sorted(set(kept.values())))
+    old_classes = [(entry.get("label"), entry.get("name")) for entry in previous.get("classes", [])]
+    new_classes = [(plan.labels[synset], synset) for synset in plan.synsets]
+    if not kept or (old_classes == new_classes and previous.get("first_label") == first_label):
+        return
+    changes = [f"{name!r} is now label {label}" for label, name in new_classes if (label, name) not in old_classes]
+    changes += [f"{name!r} is gone" for _, name in old_classes if name not in plan.labels]
+    raise DataPrepError(
+        f"the {splits} shards in {output_directory} were built with another class list ({len(old_classes)} classes, "
+        f"now {len(new_classes)}: {changes[0] if changes else '--first_label differs'}), so their labels would "
+        f"disagree: rebuild them in this run (give their input too) or remove the old {splits}-* shards")
+
+
 def _make_tasks(config, plans, previous_shards):
     tasks = []
     for plan in plans:
@@ -281,12 +341,84 @@ def _make_tasks(config, plans, previous_shards):
 
 
 def _init_worker():
+    # Ctrl-C reaches the whole process group: the build process alone handles it (and stops the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         # Die with the build process: a SIGKILLed build must not leave workers writing shards behind it.
         import ctypes
-        import signal
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _worker_main(task_queue, result_queue):
+    """Builds shards from `task_queue` until it yields None; says which shard it starts, then the outcome."""
+    _init_worker()
+    for index, task in iter(task_queue.get, None):
+        result_queue.put(("started", index, os.getpid()))
+        try:
+            result_queue.put(("done", index, shard_plan.run_shard_task(task)))
+        except DataPrepError as error:
+            result_queue.put(("bad input", index, str(error)))
+        except Exception:  # a bug: its traceback goes to the build process, which re-raises it
+            result_queue.put(("crashed", index, traceback.format_exc()))
+
+
+def _describe_exit(exitcode):
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        return f"was killed by {name}" + (" (what the out-of-memory killer sends: see dmesg)"
+                                          if -exitcode == signal.SIGKILL else "")
+    return f"exited with code {exitcode}"
+
+
+def _run_in_workers(tasks, num_workers):
+    """Yields ShardResults as worker processes finish shards. A worker that dies (e.g. killed by the kernel
+    when memory runs out) fails the build at once, naming it and its shard; multiprocessing.Pool would
+    wait forever for that shard instead."""
+    # 'spawn', not 'fork': the caller may have TensorFlow loaded, and forking it is unsafe.
+    context = multiprocessing.get_context("spawn")
+    task_queue, result_queue = context.Queue(), context.Queue()
+    for item in enumerate(tasks):
+        task_queue.put(item)
+    workers = [context.Process(target=_worker_main, args=(task_queue, result_queue), daemon=True)
+               for _ in range(min(num_workers, len(tasks)))]
+    for _ in workers:
+        task_queue.put(None)
+    for worker in workers:
+        worker.start()
+    shard_of_worker, finished = {}, 0
+    try:
+        while finished < len(tasks):
+            try:
+                kind, index, payload = result_queue.get(timeout=_WORKER_CHECK_SECONDS)
+            except queue.Empty:
+                dead = [worker for worker in workers if worker.exitcode not in (None, 0)]
+                if dead:
+                    index = shard_of_worker.get(dead[0].pid)
+                    shard = tasks[index].name if index is not None else "the shard it had just taken"
+                    raise DataPrepError(
+                        f"build worker {dead[0].pid} {_describe_exit(dead[0].exitcode)} while building {shard}; "
+                        f"the {finished} shards done so far are kept: run the same command again to "
+                        f"resume (with fewer --num_workers if memory is short)") from None
+                continue
+            if kind == "started":
+                shard_of_worker[payload] = index
+            elif kind == "done":
+                finished += 1
+                yield payload
+            elif kind == "bad input":
+                raise DataPrepError(payload)
+            else:
+                raise RuntimeError(f"building {tasks[index].name} failed in a worker process:\n{payload}")
+        for worker in workers:
+            worker.join()  # each exits on its None; stopping one mid-exit upsets multiprocessing's cleanup
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        for worker in workers:
+            worker.join()
+        task_queue.cancel_join_thread()  # unsent tasks must not keep this process from exiting
 
 
 def _run_tasks(tasks, num_workers):
@@ -294,10 +426,7 @@ def _run_tasks(tasks, num_workers):
     if num_workers == 1:
         yield from map(shard_plan.run_shard_task, tasks)
         return
-    # 'spawn', not 'fork': the caller may have TensorFlow loaded, and forking it is unsafe.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(num_workers, len(tasks)), initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(shard_plan.run_shard_task, tasks, chunksize=1)
+    yield from _run_in_workers(tasks, num_workers)
 
 
 def _kind_counts(non_images):
@@ -340,7 +469,7 @@ class _Summary:
         # Shards of this plan count only once a worker has (re)built or verified them in this run; others
         # (e.g. the split not being rebuilt now) are kept so a later run can still reuse them.
         self.shards = {name: entry for name, entry in previous.get("shards", {}).items()
-                       if name not in planned_names}
+                       if name not in planned_names and os.path.exists(os.path.join(config.output_directory, name))}
         self._plan = plan
         self._first_label = config.first_label
         self._holdout_summary = holdout_summary
@@ -468,6 +597,7 @@ def build(config, log=None):
         output.remove_incomplete_files()
         summary_path = os.path.join(config.output_directory, SUMMARY_NAME)
         previous = _read_previous_summary(summary_path, log)
+        _check_kept_splits_match(previous, plan, config.first_label, config.output_directory)
         tasks = _make_tasks(config, plan.splits, previous.get("shards", {}))
         summary = _Summary(config, plan, _write_holdout_list(config, plan), previous)
         summary.write("in_progress")
@@ -476,24 +606,27 @@ def build(config, log=None):
         planned_images = {task.name: len(task.entries) for task in tasks}
         progress = ProgressReporter("build", sum(planned_images.values()), interval=config.progress_interval,
                                     stream=log)
-        for result in _run_tasks(tasks, config.num_workers):
-            summary.record(result)
-            if result.reused:
-                progress.exclude(planned_images[result.name])
-            else:
-                for path, _, reason in result.skipped:
-                    log.write(f"warning: skipped {path}: {reason}\n")
-                for path, conversion in result.converted:
-                    log.write(f"note: converted {path} ({conversion})\n")
-            bad_files = summary.bad_file_count()
-            if bad_files > config.max_bad_files:
-                summary.write("failed")
-                raise DataPrepError(f"{bad_files} bad files, more than --max_bad_files={config.max_bad_files}; "
-                                    f"see 'skipped_files' in {summary_path}, fix or remove them (or raise "
-                                    f"--max_bad_files) and run the same command again")
-            summary.write("in_progress")
-            if not result.reused:
-                progress.advance(planned_images[result.name])
+        try:
+            for result in _run_tasks(tasks, config.num_workers):
+                summary.record(result)
+                if result.reused:
+                    progress.exclude(planned_images[result.name])
+                else:
+                    for path, _, reason in result.skipped:
+                        log.write(f"warning: skipped {path}: {reason}\n")
+                    for path, conversion in result.converted:
+                        log.write(f"note: converted {path} ({conversion})\n")
+                bad_files = summary.bad_file_count()
+                if bad_files > config.max_bad_files:
+                    raise DataPrepError(f"{bad_files} bad files, more than --max_bad_files={config.max_bad_files}; "
+                                        f"see 'skipped_files' in {summary_path}, fix or remove them (or raise "
+                                        f"--max_bad_files) and run the same command again")
+                summary.write("in_progress")
+                if not result.reused:
+                    progress.advance(planned_images[result.name])
+        except DataPrepError:
+            summary.write("failed")  # still vouching for the shards finished so far: a re-run reuses them
+            raise
         summary.write("complete")
         content = summary.content("complete")
     finally:

@@ -6,7 +6,10 @@ on a noisy background; the bounding box is the object's. Seeded: the same argume
 
 import dataclasses
 import io
+import json
 import os
+import shutil
+import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -19,6 +22,10 @@ _COLOURS = (("red", (220, 40, 40)), ("green", (40, 190, 60)), ("blue", (50, 80, 
             ("orange", (245, 140, 30)))
 _TEXTURES = ("plain", "striped", "dotted")
 JPEG_QUALITY = 90
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 4096  # 16 M pixels per image: well past any demo, and memory stays bounded
+# Written last: its presence says the folder holds a complete demo dataset, made with these settings.
+SETTINGS_NAME = "demo_dataset.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,34 +127,82 @@ def _write(path, data):
         output.write(data)
 
 
-def make_demo_dataset(output_dir, num_classes=5, train_per_class=60, val_per_class=20, image_size=96, seed=0):
-    """Writes the dataset under `output_dir`; returns the list of DemoClass."""
-    if image_size < 32:
-        raise DataPrepError(f"--image_size must be at least 32, not {image_size}")
+def _write_files(output_dir, classes, train_per_class, val_per_class, image_size, seed):
+    rng = np.random.default_rng(seed)
+    for demo_class in classes:
+        synset = demo_class.synset
+        os.makedirs(os.path.join(output_dir, "train", synset), exist_ok=True)
+        os.makedirs(os.path.join(output_dir, "bboxes", synset), exist_ok=True)
+        for index in range(1, train_per_class + 1):
+            pixels, box = render_image(demo_class, image_size, rng)
+            stem = f"{synset}_{index}"
+            _write(os.path.join(output_dir, "train", synset, stem + ".JPEG"), _jpeg(pixels))
+            _write(os.path.join(output_dir, "bboxes", synset, stem + ".xml"),
+                   _annotation_xml(synset, stem, image_size, box))
+    validation_classes = [demo_class for demo_class in classes for _ in range(val_per_class)]
+    validation_classes = [validation_classes[i] for i in rng.permutation(len(validation_classes))]
+    os.makedirs(os.path.join(output_dir, "val"), exist_ok=True)
+    for number, demo_class in enumerate(validation_classes, start=1):
+        pixels, _ = render_image(demo_class, image_size, rng)
+        _write(os.path.join(output_dir, "val", f"ILSVRC2012_val_{number:08d}.JPEG"), _jpeg(pixels))
+    _write(os.path.join(output_dir, "val_labels.txt"), "".join(c.synset + "\n" for c in validation_classes))
+    _write(os.path.join(output_dir, "synsets.txt"), "".join(c.synset + "\n" for c in classes))
+    _write(os.path.join(output_dir, "metadata.txt"), "".join(f"{c.synset}\t{c.text}\n" for c in classes))
+
+
+def _previous_settings(output_dir):
+    """The settings of the complete demo dataset in `output_dir`, None if it holds something else."""
+    try:
+        with open(os.path.join(output_dir, SETTINGS_NAME), encoding="utf-8") as settings_file:
+            return json.load(settings_file)
+    except (OSError, ValueError):
+        return None
+
+
+def make_demo_dataset(output_dir, num_classes=5, train_per_class=60, val_per_class=20, image_size=96, seed=0,
+                      log=None):
+    """Writes the dataset under `output_dir`; returns the list of DemoClass.
+
+    The files are written in a fresh folder next to `output_dir` that replaces it (when missing or empty)
+    only once complete, so an interrupted run leaves no half dataset and never touches other files. A
+    folder holding this very dataset (same settings) is left as it is.
+    """
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise DataPrepError(f"--image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, not {image_size}")
     if train_per_class < 1 or val_per_class < 0:
         raise DataPrepError("--train_per_class must be at least 1 and --val_per_class at least 0")
+    if seed < 0:
+        raise DataPrepError(f"--seed must be at least 0, not {seed}")
     classes = demo_classes(num_classes)
-    rng = np.random.default_rng(seed)
+    settings = {"num_classes": num_classes, "train_per_class": train_per_class, "val_per_class": val_per_class,
+                "image_size": image_size, "seed": seed}
+    output_dir = os.path.abspath(output_dir)
+    if os.path.isfile(output_dir):
+        raise DataPrepError(f"--output_dir {output_dir} is a file, not a folder")
     try:
-        for demo_class in classes:
-            synset = demo_class.synset
-            os.makedirs(os.path.join(output_dir, "train", synset), exist_ok=True)
-            os.makedirs(os.path.join(output_dir, "bboxes", synset), exist_ok=True)
-            for index in range(1, train_per_class + 1):
-                pixels, box = render_image(demo_class, image_size, rng)
-                stem = f"{synset}_{index}"
-                _write(os.path.join(output_dir, "train", synset, stem + ".JPEG"), _jpeg(pixels))
-                _write(os.path.join(output_dir, "bboxes", synset, stem + ".xml"),
-                       _annotation_xml(synset, stem, image_size, box))
-        validation_classes = [demo_class for demo_class in classes for _ in range(val_per_class)]
-        validation_classes = [validation_classes[i] for i in rng.permutation(len(validation_classes))]
-        os.makedirs(os.path.join(output_dir, "val"), exist_ok=True)
-        for number, demo_class in enumerate(validation_classes, start=1):
-            pixels, _ = render_image(demo_class, image_size, rng)
-            _write(os.path.join(output_dir, "val", f"ILSVRC2012_val_{number:08d}.JPEG"), _jpeg(pixels))
-        _write(os.path.join(output_dir, "val_labels.txt"), "".join(c.synset + "\n" for c in validation_classes))
-        _write(os.path.join(output_dir, "synsets.txt"), "".join(c.synset + "\n" for c in classes))
-        _write(os.path.join(output_dir, "metadata.txt"), "".join(f"{c.synset}\t{c.text}\n" for c in classes))
+        existing = os.listdir(output_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        existing = []  # creating it says what is wrong, if anything
+    except OSError as error:
+        raise DataPrepError(f"cannot read --output_dir {output_dir}: {error.strerror or error}") from None
+    if existing:
+        if _previous_settings(output_dir) == settings:
+            (log or sys.stderr).write(f"{output_dir} already holds this demo dataset; nothing written\n")
+            return classes
+        raise DataPrepError(f"--output_dir {output_dir} is not empty and does not hold a demo dataset made with "
+                            f"these settings; give a new or empty folder (nothing was written)")
+    temporary = None
+    try:
+        os.makedirs(os.path.dirname(output_dir), exist_ok=True)
+        os.mkdir(f"{output_dir}.incomplete-{os.getpid()}")  # unlike mkdtemp, honours the umask
+        temporary = f"{output_dir}.incomplete-{os.getpid()}"
+        _write_files(temporary, classes, train_per_class, val_per_class, image_size, seed)
+        _write(os.path.join(temporary, SETTINGS_NAME), json.dumps(settings, indent=1) + "\n")
+        os.replace(temporary, output_dir)  # fails, leaving it alone, if something appeared there meanwhile
+        temporary = None
     except OSError as error:
         raise DataPrepError(f"cannot write --output_dir {output_dir}: {error.strerror or error}") from None
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
     return classes

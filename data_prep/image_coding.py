@@ -2,15 +2,20 @@
 
 Formats are detected from the bytes, never from the file name. RGB JPEGs are stored byte-for-byte after
 TensorFlow's own decoder (the one training uses) has read them completely; anything else Pillow can read
-(PNG, CMYK or grayscale JPEG, ...) is converted to an RGB JPEG. Imports TensorFlow: use only in workers.
+(PNG, CMYK or grayscale JPEG, ...) is converted to an RGB JPEG of exactly the pixels serving decodes from
+the original bytes (16-bit depth scaled, transparency on black: official.xception.image_decoding).
+Imports TensorFlow: use only in workers.
 """
 
 import dataclasses
 import io
 import re
 
+import numpy as np
 import tensorflow as tf
 from PIL import Image
+
+from official.xception import image_decoding
 
 from data_prep.file_kinds import JPEG_MAGIC
 from data_prep.progress import StageTimes
@@ -19,6 +24,8 @@ from data_prep.progress import StageTimes
 Image.MAX_IMAGE_PIXELS = None
 
 CONVERTIBLE_FORMATS = ("PNG", "GIF", "BMP", "TIFF", "WEBP")
+# Pillow's names of the formats serving's TensorFlow decoders read (MPO: multi-picture JPEG).
+SERVING_DECODED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP")
 CONVERSION_QUALITY = 95
 # ratio=8 skips most of the inverse DCT but still reads the whole entropy-coded stream, so truncated or
 # corrupt data fails exactly as in a full decode, at roughly the cost of one.
@@ -71,21 +78,48 @@ def _verify_jpeg(data, height, width):
         raise BadImageError(f"JPEG header says {width}x{height} but the data decodes to another size")
 
 
-def _to_rgb_jpeg(image, what):
+def _pillow_pixels(image):
+    """[h, w, c] uint8 or uint16 pixels of an image TensorFlow cannot decode, alpha kept, for the shared
+    compositing rule."""
+    mode = image.mode
+    if mode in ("I", "F"):
+        raise BadImageError(f"{image.format} with 32-bit {'integer' if mode == 'I' else 'float'} pixels is not "
+                            f"supported; save it with 8 or 16 bits per channel")
+    if mode.startswith("I;16"):
+        pixels = np.asarray(image).astype(np.uint16)  # also turns big-endian 16-bit into native order
+    elif mode in ("L", "LA", "RGB", "RGBA"):
+        pixels = np.asarray(image)
+    elif mode == "1":
+        pixels = np.asarray(image.convert("L"))
+    elif mode in ("PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        pixels = np.asarray(image.convert("RGBA"))
+    else:  # P, CMYK, YCbCr, LAB, HSV
+        pixels = np.asarray(image.convert("RGB"))
+    return pixels if pixels.ndim == 3 else pixels[:, :, None]
+
+
+def decode_pixels(data, image):
+    """[h, w, 3] uint8 RGB of the raw bytes `data` (opened by Pillow as `image`): exactly what serving's
+    decoder computes from the same bytes (official.xception.image_decoding). Formats it cannot read
+    (TIFF, WebP, BMP variants it refuses) go through Pillow and then the same compositing rule."""
+    if image.format in SERVING_DECODED_FORMATS:
+        try:
+            return image_decoding.decode_rgb(tf.constant(data)).numpy()
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+            pass  # serving refuses these bytes too; Pillow may still read them (or says why not)
     try:
         image.load()
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            # Transparent pixels have arbitrary colours underneath; show them on white as viewers do.
-            rgba = image.convert("RGBA")
-            rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-            rgb.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            rgb = image.convert("RGB")
+        pixels = _pillow_pixels(image)
     except (OSError, ValueError, SyntaxError) as error:
         raise BadImageError(f"truncated or corrupt {image.format} ({error})") from None
+    return image_decoding.composite_on_black(pixels).numpy()
+
+
+def _to_rgb_jpeg(data, image, what):
+    pixels = decode_pixels(data, image)
     output = io.BytesIO()
-    rgb.save(output, format="JPEG", quality=CONVERSION_QUALITY, subsampling=0)
-    return PreparedImage(output.getvalue(), rgb.height, rgb.width, what)
+    Image.fromarray(pixels).save(output, format="JPEG", quality=CONVERSION_QUALITY, subsampling=0)
+    return PreparedImage(output.getvalue(), pixels.shape[0], pixels.shape[1], what)
 
 
 def prepare_image(data, max_pixels, stage_times=None):
@@ -104,8 +138,8 @@ def prepare_image(data, max_pixels, stage_times=None):
                 _verify_jpeg(data, image.height, image.width)
                 return PreparedImage(data, image.height, image.width, "")
         with stage_times.stage("convert"):
-            return _to_rgb_jpeg(image, f"{_MODE_NAMES.get(image.mode, image.mode)} JPEG to RGB JPEG")
+            return _to_rgb_jpeg(data, image, f"{_MODE_NAMES.get(image.mode, image.mode)} JPEG to RGB JPEG")
     with stage_times.stage("convert"):
         image = _open(data, CONVERTIBLE_FORMATS)
         _check_size(image, max_pixels)
-        return _to_rgb_jpeg(image, f"{image.format} to JPEG")
+        return _to_rgb_jpeg(data, image, f"{image.format} to JPEG")

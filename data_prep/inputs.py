@@ -8,6 +8,7 @@ offset, so the 140 GB archives are never extracted and shard workers read them a
 
 import dataclasses
 import os
+import posixpath
 import tarfile
 
 from data_prep import file_kinds
@@ -107,18 +108,43 @@ def _is_folder(entry):
     return entry.is_dir() and not entry.name.startswith(".")
 
 
+def _is_file(entry):
+    # A dangling symbolic link is listed too: the worker then reports the image as unreadable, by name,
+    # instead of it vanishing without a word.
+    return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+
+
 def _file_source(entry, root):
-    stat = entry.stat()
-    return ImageSource(entry.path, "", 0, stat.st_size, int(stat.st_mtime), os.path.relpath(entry.path, root))
+    try:
+        stat = entry.stat()
+        size, mtime = stat.st_size, int(stat.st_mtime)
+    except OSError:
+        size = mtime = 0  # dangling link: reading it fails in the worker, which reports it
+    return ImageSource(entry.path, "", 0, size, mtime, os.path.relpath(entry.path, root))
 
 
-def _files_under(directory, flag, root):
-    """Every file below `directory` (any depth), sorted by path relative to `root` (as tar members are)."""
+def _folder_key(path, flag):
+    try:
+        stat = os.stat(path)
+    except OSError as error:
+        raise DataPrepError(f"cannot read {flag} folder {path}: {error.strerror or error}") from None
+    return stat.st_dev, stat.st_ino
+
+
+def _files_under(directory, flag, root, ancestors):
+    """Every file below `directory` (any depth), sorted by path relative to `root` (as tar members are).
+
+    `ancestors` holds the (device, inode) of the folders above it: a symbolic link back to one of them
+    would make the walk endless."""
+    key = _folder_key(directory, flag)
+    if key in ancestors:
+        raise DataPrepError(f"{directory} under {flag} is a symbolic link to a folder that contains it (a loop); "
+                            f"remove the link")
     sources = []
     for entry in _scandir_sorted(directory, flag):
         if _is_folder(entry):
-            sources.extend(_files_under(entry.path, flag, root))
-        elif entry.is_file():
+            sources.extend(_files_under(entry.path, flag, root, ancestors | {key}))
+        elif _is_file(entry):
             sources.append(_file_source(entry, root))
     return sorted(sources, key=lambda source: source.relative_path)
 
@@ -130,10 +156,12 @@ def list_class_folders(directory, flag):
     Files at the top level are ignored (e.g. the per-synset tars left next to extracted folders).
     """
     classes, non_images = {}, []
-    for entry in _scandir_sorted(directory, flag):
+    entries = _scandir_sorted(directory, flag)
+    top = frozenset({_folder_key(directory, flag)})
+    for entry in entries:
         if _is_folder(entry):
             _check_class_name(entry.name, entry.path, flag)
-            sources = _images_only(_files_under(entry.path, flag, entry.path), entry.name, non_images)
+            sources = _images_only(_files_under(entry.path, flag, entry.path, top), entry.name, non_images)
             if not sources:
                 raise DataPrepError(f"class folder {entry.path} under {flag} holds no images; restore its "
                                     f"images or remove the folder")
@@ -147,7 +175,7 @@ def list_validation_directory(directory, flag):
     """("flat", [ImageSource], [NonImageFile]) or ("classes", {class name: [ImageSource]}, [NonImageFile])."""
     entries = _scandir_sorted(directory, flag)
     non_images = []
-    files = _images_only([_file_source(entry, directory) for entry in entries if entry.is_file()], "",
+    files = _images_only([_file_source(entry, directory) for entry in entries if _is_file(entry)], "",
                          non_images)
     if any(_is_folder(entry) for entry in entries):
         if files:
@@ -199,26 +227,27 @@ def _tar_files(archive, flag, tar_path, base_offset=0, prefix=""):
     hidden folders (as folder listing does)."""
     try:
         for member in archive:
-            folders = os.path.dirname(member.name).split("/")
+            # `tar -C folder .` names members "./x": the same file as "x", not one in a hidden folder.
+            name = posixpath.normpath(member.name)
+            folders = posixpath.dirname(name).split("/")
             if member.isfile() and not any(folder.startswith(".") for folder in folders):
-                yield ImageSource(tar_path, prefix + member.name, base_offset + member.offset_data, member.size,
-                                  int(member.mtime), member.name)
+                yield ImageSource(tar_path, prefix + name, base_offset + member.offset_data, member.size,
+                                  int(member.mtime), name)
     except (tarfile.TarError, OSError, EOFError) as error:
         raise DataPrepError(f"{flag} {tar_path} is truncated or corrupt ({error}); download it again") from None
 
 
 def _open_raw(tar_path, flag):
+    # Checked before opening: opening a named pipe would wait for a writer, forever.
+    if os.path.exists(tar_path) and not os.path.isfile(tar_path):
+        raise DataPrepError(f"{flag} {tar_path} is not a regular file (it is read by offset: a folder or "
+                            f"a pipe will not do)")
     try:
-        raw_file = open(tar_path, "rb", buffering=0)
+        return open(tar_path, "rb", buffering=0)
     except FileNotFoundError:
         raise DataPrepError(f"{flag} {tar_path} does not exist") from None
     except OSError as error:
         raise DataPrepError(f"cannot read {flag} {tar_path}: {error.strerror or error}") from None
-    if not os.path.isfile(tar_path):
-        raw_file.close()
-        raise DataPrepError(f"{flag} {tar_path} is not a regular file (it is read by offset, so a pipe "
-                            f"will not do)")
-    return raw_file
 
 
 def list_train_tar(tar_path, flag="--train_tar"):

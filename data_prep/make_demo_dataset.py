@@ -1,7 +1,7 @@
 """Writes a small learnable raw dataset in the original ImageNet layout (see data_prep/demo_dataset.py):
 
     DIR/train/<synset>/<synset>_<i>.JPEG    DIR/val/ILSVRC2012_val_%08d.JPEG    DIR/val_labels.txt
-    DIR/synsets.txt    DIR/metadata.txt    DIR/bboxes/<synset>/<synset>_<i>.xml
+    DIR/synsets.txt    DIR/metadata.txt    DIR/bboxes/<synset>/<synset>_<i>.xml    DIR/demo_dataset.json
 
     python -m data_prep.make_demo_dataset --output_dir=/tmp/demo_raw
 """
@@ -15,7 +15,8 @@ from absl import flags
 from data_prep import demo_dataset
 from data_prep.errors import DataPrepError
 
-flags.DEFINE_string("output_dir", None, "Where to write the dataset.")
+flags.DEFINE_string("output_dir", None, "Where to write the dataset: a new or empty folder (one holding this "
+                    "very dataset is left as it is).")
 flags.DEFINE_integer("num_classes", 5, "Number of classes (each a distinct shape/colour/texture).")
 flags.DEFINE_integer("train_per_class", 60, "Training images per class.")
 flags.DEFINE_integer("val_per_class", 20, "Validation images per class.")
@@ -35,8 +36,9 @@ def main(argv):
                                                  FLAGS.val_per_class, FLAGS.image_size, FLAGS.seed)
     except DataPrepError as error:
         sys.exit(f"error: {error}")
-    sys.stderr.write(f"wrote {len(classes)} classes × ({FLAGS.train_per_class} train + {FLAGS.val_per_class} val) "
-                     f"images of {FLAGS.image_size}² to {FLAGS.output_dir} in {time.monotonic() - start:.1f}s\n")
+    sys.stderr.write(f"{FLAGS.output_dir}: {len(classes)} classes × ({FLAGS.train_per_class} train + "
+                     f"{FLAGS.val_per_class} val) images of {FLAGS.image_size}², ready in "
+                     f"{time.monotonic() - start:.1f}s\n")
 
 
 if __name__ == "__main__":

@@ -47,13 +47,14 @@ def test_every_accepted_corrupt_jpeg_decodes_fully_in_tensorflow_at_the_recorded
     assert accepted > 10 and rejected > 10, (accepted, rejected)
 
 
-def test_transparent_png_pixels_become_white_and_gif_converts():
+def test_transparent_png_pixels_become_black_and_gif_converts():
     rgba = np.zeros((8, 8, 4), np.uint8)
-    rgba[:4] = (0, 0, 255, 255)          # opaque blue top half, fully transparent (black) bottom half
+    rgba[:4] = (0, 0, 255, 255)          # opaque blue top half
+    rgba[4:] = (255, 255, 0, 0)          # fully transparent bottom half, yellow underneath
     prepared = prepare_image(fixtures.encode(rgba, "PNG"), MAX_PIXELS)
     decoded = tf.io.decode_jpeg(prepared.jpeg).numpy().astype(int)
     assert prepared.conversion == "PNG to JPEG" and (prepared.height, prepared.width) == (8, 8)
-    assert np.abs(decoded[:2] - (0, 0, 255)).max() < 20 and np.abs(decoded[6:] - 255).max() < 20
+    assert np.abs(decoded[:2] - (0, 0, 255)).max() < 20 and np.abs(decoded[6:]).max() < 20
     gif = io.BytesIO()
     Image.new("P", (5, 7)).save(gif, format="GIF")
     assert prepare_image(gif.getvalue(), MAX_PIXELS).conversion == "GIF to JPEG"

@@ -13,6 +13,7 @@ from typing import Tuple
 
 import tensorflow as tf
 
+from official.xception import image_decoding
 from official.xception.errors import PipelineError
 
 MIN_IMAGE_SIZE = 71
@@ -77,16 +78,11 @@ def check_central_fraction(central_fraction):
             "(0.875 is the Inception recipe)")
 
 
-def _decode_rgb(image_bytes):
-    # channels=3 turns grayscale and CMYK JPEGs (both occur in ImageNet) into RGB.
-    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-
-
 def _decode_window(image_bytes, window_fn):
     """Decodes only the window `window_fn(image_shape) -> (offset_hw, size_hw)` of the image.
 
     JPEGs are decoded with the fused decode_and_crop_jpeg (the shape comes from the header alone);
-    other formats are decoded whole and then sliced.
+    other formats are decoded whole by image_decoding (the rule data_prep stores them by) and then sliced.
     """
 
     def decode_jpeg_window():
@@ -95,7 +91,7 @@ def _decode_window(image_bytes, window_fn):
         return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
 
     def decode_other_window():
-        image = _decode_rgb(image_bytes)
+        image = image_decoding.decode_rgb(image_bytes)
         offset, size = window_fn(tf.shape(image))
         return tf.slice(image, tf.concat([offset, [0]], 0), tf.concat([size, [3]], 0))
 
