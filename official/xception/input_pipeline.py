@@ -112,6 +112,12 @@ def _parse_record(serialized, num_classes, label_offset, with_boxes):
     return features["image/encoded"], label, boxes
 
 
+def parse_example(serialized):
+    """The features this pipeline reads from one serialized record (boxes included); raises
+    InvalidArgumentError when the record does not fit the schema."""
+    return tf.io.parse_single_example(serialized, _TRAIN_FEATURES)
+
+
 def data_error_message(error):
     """The one-line message of a record check of this module that failed while the dataset ran.
 
@@ -130,7 +136,8 @@ def data_error_message(error):
 def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1000, label_offset=1,
              dtype=tf.float32, shuffle_buffer=10000,
              augmentation=preprocessing.AugmentationConfig(), eval_central_fraction=0.875,
-             datasets_num_private_threads=None, input_context=None, seed=None):
+             datasets_num_private_threads=None, input_context=None, seed=None,
+             skip_corrupt_records=False):
     """A tf.data.Dataset of (images [B, S, S, 3] `dtype` in [-1, 1], labels int32 [B]).
 
     Args:
@@ -168,11 +175,15 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
     files = list_input_files(data_dir, is_training, input_context)
 
     def read_records(paths):
-        return tf.data.TFRecordDataset(paths, buffer_size=_READ_BUFFER_BYTES)
+        records = tf.data.TFRecordDataset(paths, buffer_size=_READ_BUFFER_BYTES)
+        return records.ignore_errors() if skip_corrupt_records else records
 
-    def parse_and_preprocess(serialized):
+    def parse(serialized):
         image_bytes, label, boxes = _parse_record(serialized, num_classes, label_offset,
                                                   with_boxes=is_training)
+        return (image_bytes, label, boxes) if is_training else (image_bytes, label)
+
+    def preprocess(image_bytes, label, boxes=None):
         if is_training:
             image = preprocessing.preprocess_for_train(image_bytes, boxes, image_size, augmentation,
                                                        dtype)
@@ -195,9 +206,19 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     else:
         deterministic = True
-        dataset = read_records(files)
-    dataset = dataset.map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=deterministic)
+        # Skipping needs one reader per file, so that unreadable bytes end one file, not all.
+        dataset = (tf.data.Dataset.from_tensor_slices(files).flat_map(read_records)
+                   if skip_corrupt_records else read_records(files))
+    if skip_corrupt_records:
+        # Separate maps so that only images that fail to decode are skipped: a label outside the
+        # classes stays an error.
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=deterministic)
+        dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=deterministic).ignore_errors()
+    else:
+        dataset = dataset.map(lambda serialized: preprocess(*parse(serialized)),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=is_training)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
 
