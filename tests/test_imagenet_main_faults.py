@@ -275,7 +275,9 @@ def _limit_file_size(limit):
 def test_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
     data_dir = _write_data(tmp_path / "data")
     model_dir = tmp_path / "model"
-    _run(data_dir=data_dir, model_dir=model_dir, max_train_steps=2, train_epochs=100)
+    # In another process: this one would hold the model directory's lock from then on.
+    subprocess.run(_trainer(model_dir, data_dir, "--train_epochs=100", "--max_train_steps=2"),
+                   cwd=REPO, env=_environment(), capture_output=True, timeout=180, check=True)
     before = {name: content for name, content in _snapshot(model_dir).items()
               if name.startswith(("model.ckpt", "checkpoint"))}
     # Resuming writes a checkpoint far larger than the limit.
