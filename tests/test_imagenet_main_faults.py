@@ -22,6 +22,7 @@ from official.xception import imagenet_main
 from official.xception import model_fn as model_fn_lib
 from official.xception import run_safety
 from official.xception.errors import PipelineError
+from tests import fault_fixtures
 from tests import record_fixtures
 from tests import tiny_network
 
@@ -30,10 +31,6 @@ IMAGE_SIZE = 71
 NUM_CLASSES = 3
 TRAIN_EXAMPLES = 24
 EVAL_EXAMPLES = 10
-# Frame of a TFRecord: length (8 bytes) and its CRC (4) before the data, the data's CRC (4) after.
-_FRAME_BEFORE, _FRAME_AFTER = 12, 4
-
-
 def _flags(**values):
     settings = dict(batch_size=8, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES,
                     train_examples=TRAIN_EXAMPLES, eval_examples=EVAL_EXAMPLES, train_epochs=1,
@@ -67,55 +64,12 @@ def _write_data(directory, num_classes=NUM_CLASSES, summary=False):
     return str(directory)
 
 
-def _record_spans(path):
-    """[(start, end)] byte offsets of each record's frame in a TFRecord file, from the data lengths
-    (an oracle independent of TensorFlow's reader)."""
-    spans, start = [], 0
-    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        end = start + _FRAME_BEFORE + len(record) + _FRAME_AFTER
-        spans.append((start, end))
-        start = end
-    return spans
-
-
-def _corrupt(path, kind, record_index):
-    """Damages record `record_index` of the shard at `path` the way `kind` says."""
-    spans = _record_spans(path)
-    start, end = spans[record_index]
-    data = bytearray(open(path, "rb").read())
-    if kind == "truncated":
-        data = data[:(start + end) // 2]
-    elif kind == "bit_flip":
-        data[(start + end) // 2] ^= 0x10
-    elif kind == "bad_jpeg_valid_crc":
-        records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
-        records[record_index] = record_fixtures.make_example(
-            b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, 1, 40, 48)
-        with tf.io.TFRecordWriter(path) as writer:
-            for record in records:
-                writer.write(record)
-        return
-    with open(path, "wb") as handle:
-        handle.write(bytes(data))
-
-
-def _snapshot(directory):
-    """{relative path: bytes} of every file below `directory`."""
-    files = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                files[os.path.relpath(path, directory)] = handle.read()
-    return files
-
-
 @pytest.mark.parametrize("kind", ["truncated", "bit_flip", "bad_jpeg_valid_crc"])
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_corrupt_record_is_named_by_shard_and_index(tmp_path, kind, split):
     data_dir = _write_data(tmp_path / "data")
     shard = os.path.join(data_dir, f"{split}-00001-of-00002")
-    _corrupt(shard, kind, record_index=3)
+    fault_fixtures.corrupt(shard, kind, record_index=3)
     with pytest.raises(PipelineError) as raised:
         _run(data_dir=data_dir, model_dir=tmp_path / "model")
     message = str(raised.value)
@@ -126,18 +80,15 @@ def test_corrupt_record_is_named_by_shard_and_index(tmp_path, kind, split):
 
 def test_skip_corrupt_records_trains_and_counts_what_evaluation_left_out(tmp_path, caplog):
     data_dir = _write_data(tmp_path / "data")
-    _corrupt(os.path.join(data_dir, "train-00000-of-00002"), "bad_jpeg_valid_crc", 2)
-    _corrupt(os.path.join(data_dir, "validation-00000-of-00002"), "bad_jpeg_valid_crc", 0)
+    fault_fixtures.corrupt(os.path.join(data_dir, "train-00000-of-00002"), "bad_jpeg_valid_crc", 2)
+    fault_fixtures.corrupt(os.path.join(data_dir, "validation-00000-of-00002"),
+                           "bad_jpeg_valid_crc", 0)
     # Truncated in its 4th record: that record and the one after it (5 per shard) are lost.
-    _corrupt(os.path.join(data_dir, "validation-00001-of-00002"), "truncated", 3)
+    fault_fixtures.corrupt(os.path.join(data_dir, "validation-00001-of-00002"), "truncated", 3)
     results = _run(data_dir=data_dir, model_dir=tmp_path / "model", skip_corrupt_records=True)
     assert results["global_step"] == TRAIN_EXAMPLES // 8
     assert results[model_fn_lib.EVAL_EXAMPLES_KEY] == EVAL_EXAMPLES - 3
     assert "evaluation left out 3 of 10 validation records" in caplog.text
-
-
-def test_without_the_opt_in_corrupt_records_are_never_skipped(tmp_path):
-    assert not _flags().skip_corrupt_records
 
 
 def _trainer(model_dir, data_dir, *extra):
@@ -182,7 +133,7 @@ def test_resuming_with_another_class_count_touches_nothing_and_the_checkpoint_st
     model_dir = tmp_path / "model"
     three = _write_data(tmp_path / "three", summary=True)
     _run(data_dir=three, model_dir=model_dir, max_train_steps=2)
-    before = _snapshot(model_dir)
+    before = fault_fixtures.snapshot(model_dir)
     assert "classes.tsv" in before
     four = _write_data(tmp_path / "four", num_classes=4, summary=True)
     with pytest.raises(PipelineError, match=r"holds a 3-class checkpoint .* this run has 4 classes") \
@@ -191,7 +142,7 @@ def test_resuming_with_another_class_count_touches_nothing_and_the_checkpoint_st
                                  train_examples=None, eval_examples=None),
                           model_builder=tiny_network.tiny_network)
     assert "\n" not in str(raised.value)
-    assert _snapshot(model_dir) == before
+    assert fault_fixtures.snapshot(model_dir) == before
     imagenet_main.run(_flags(data_dir=three, model_dir=model_dir, export_only=True,
                              export_dir=tmp_path / "export", num_classes=None,
                              train_examples=None, eval_examples=None),
@@ -278,7 +229,7 @@ def test_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_pa
     # In another process: this one would hold the model directory's lock from then on.
     subprocess.run(_trainer(model_dir, data_dir, "--train_epochs=100", "--max_train_steps=2"),
                    cwd=REPO, env=_environment(), capture_output=True, timeout=180, check=True)
-    before = {name: content for name, content in _snapshot(model_dir).items()
+    before = {name: content for name, content in fault_fixtures.snapshot(model_dir).items()
               if name.startswith(("model.ckpt", "checkpoint"))}
     # Resuming writes a checkpoint far larger than the limit.
     finished = subprocess.run(_trainer(model_dir, data_dir, "--train_epochs=100",
@@ -290,6 +241,6 @@ def test_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_pa
     last = finished.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: a file size limit was reached while writing to "
                            f"--model_dir={model_dir}: free space"), last
-    after = _snapshot(model_dir)
+    after = fault_fixtures.snapshot(model_dir)
     for name, content in before.items():
         assert after[name] == content, name
