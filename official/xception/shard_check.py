@@ -26,7 +26,8 @@ from official.xception.errors import PipelineError
 SPLITS = {"train": True, "validation": False}  # split name -> is_training of list_input_files
 # Messages of the parse and decode kernels on a record that is well-formed TFRecord but bad data.
 _DATA_ERROR = re.compile(
-    r"jpeg|png|gif|bmp|image|decode|Could not parse example input|Key: image/|Feature: image/",
+    r"jpeg|png|gif|bmp|image file format|decode|Input is empty|Could not parse example input|"
+    r"Key: image/|Feature: image/",
     re.IGNORECASE)
 _KERNEL_NOISE = re.compile(r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\]( name: \S*)?")
 
@@ -170,7 +171,8 @@ def _failing_split(error):
 
 def explain_data_error(error, data_dir, flag="--data_dir", splits=None):
     """A one-line PipelineError message for a corrupt-data `error`, naming the bad shard and record
-    found by scanning the split(s) it can come from (the likely one first)."""
+    found by scanning the split(s) it can come from (the likely one first); None when the scan finds
+    nothing and the error is not a DataLossError (then it is likely not the data's fault)."""
     if splits is None:
         first = _failing_split(error)
         splits = (first,) + tuple(split for split in SPLITS if split != first)
@@ -182,6 +184,8 @@ def explain_data_error(error, data_dir, flag="--data_dir", splits=None):
                     "the data_prep build command (it rewrites shards whose checksum no longer "
                     "matches) or copy the shards again, or pass --skip_corrupt_records to leave bad "
                     "records out")
+    if not isinstance(error, tf.errors.DataLossError):
+        return None
     return (f"corrupt data in {flag} ({_first_line(error.message)}), but a scan of its "
             f"{' and '.join(splits)} shards found no bad record: is the storage failing? Run "
             f"python -m official.xception.verify_shards --data_dir={data_dir}")
@@ -190,8 +194,9 @@ def explain_data_error(error, data_dir, flag="--data_dir", splits=None):
 def locate_or_raise(error, data_dir, flag="--data_dir", splits=None):
     """Raises PipelineError for a corrupt-data OpError or an unreadable shard; returns for any other
     error."""
-    if is_data_error(error):
-        raise PipelineError(explain_data_error(error, data_dir, flag, splits)) from None
+    message = explain_data_error(error, data_dir, flag, splits) if is_data_error(error) else None
+    if message:
+        raise PipelineError(message) from None
     if (isinstance(error, (tf.errors.PermissionDeniedError, tf.errors.NotFoundError,
                            tf.errors.FailedPreconditionError))
             and os.path.normpath(data_dir) in error.message):
