@@ -5,8 +5,6 @@ import os
 
 import tensorflow as tf
 
-from tests import record_fixtures
-
 # Frame of a TFRecord: length (8 bytes) and its CRC (4) before the data, the data's CRC (4) after.
 FRAME_BEFORE, FRAME_AFTER = 12, 4
 
@@ -32,9 +30,13 @@ def corrupt(path, kind, record_index):
     elif kind == "bit_flip":
         data[(start + end) // 2] ^= 0x10
     elif kind == "bad_jpeg_valid_crc":
+        # The JPEG's header zeroed after its start marker: still "a JPEG" by its first bytes, but
+        # every decoder (whole image, any crop window, header only) fails on it.
         records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
-        records[record_index] = record_fixtures.make_example(
-            b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, 1, 40, 48)
+        example = tf.train.Example.FromString(records[record_index])
+        encoded = example.features.feature["image/encoded"].bytes_list.value
+        encoded[0] = encoded[0][:3] + bytes(197) + encoded[0][200:]
+        records[record_index] = example.SerializeToString()
         with tf.io.TFRecordWriter(path) as writer:
             for record in records:
                 writer.write(record)

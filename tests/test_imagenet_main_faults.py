@@ -244,3 +244,23 @@ def test_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_pa
     after = fault_fixtures.snapshot(model_dir)
     for name, content in before.items():
         assert after[name] == content, name
+
+
+def test_full_disk_while_exporting_is_one_line_and_keeps_earlier_exports(tmp_path):
+    data_dir = _write_data(tmp_path / "data")
+    model_dir, export_dir = tmp_path / "model", tmp_path / "export"
+    export_only = _trainer(model_dir, data_dir, "--export_only", f"--export_dir={export_dir}")
+    subprocess.run(_trainer(model_dir, data_dir, "--max_train_steps=2", f"--export_dir={export_dir}"),
+                   cwd=REPO, env=_environment(), capture_output=True, timeout=180, check=True)
+    before = fault_fixtures.snapshot(export_dir)
+    assert len(os.listdir(export_dir)) == 1
+    finished = subprocess.run(export_only, cwd=REPO, env=_environment(), capture_output=True,
+                              text=True, timeout=180, preexec_fn=_limit_file_size(20_000))
+    assert finished.returncode == 1, finished.stderr[-3000:]
+    assert "Traceback" not in finished.stderr
+    assert finished.stderr.strip().splitlines()[-1] == (
+        "error: export failed, earlier exports are untouched: a file size limit was reached while "
+        f"writing to --export_dir={export_dir}: free space (or raise the limit) and re-run with "
+        "--export_only")
+    assert fault_fixtures.snapshot(export_dir) == before
+    assert len(os.listdir(export_dir)) == 1
