@@ -13,7 +13,6 @@ import time
 
 from absl import flags
 import h5py
-import numpy as np
 import pytest
 import tensorflow as tf
 
