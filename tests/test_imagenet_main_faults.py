@@ -128,6 +128,28 @@ def test_a_second_training_on_the_same_model_dir_is_refused_until_the_first_dies
     assert results["global_step"] >= 2
 
 
+def test_the_lock_is_per_cluster_task(tmp_path):
+    assert run_safety.task_name({}) == "train"
+    assert run_safety.task_name({"cluster": {}, "task": {"type": "evaluator", "index": 0}}) == \
+        "evaluator-0"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from official.xception import run_safety\n"
+         "run_safety.lock_model_dir(sys.argv[1], 'worker-0')\n"
+         "print('locked', flush=True)\n"
+         "time.sleep(300)", str(tmp_path)],
+        cwd=REPO, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        run_safety.lock_model_dir(str(tmp_path), "worker-1")  # the other worker of the cluster
+        with pytest.raises(PipelineError, match=rf"in use by another training \(worker-0: pid "
+                                                rf"{holder.pid} on "):
+            run_safety.lock_model_dir(str(tmp_path), "worker-0")
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
 def test_resuming_with_another_class_count_touches_nothing_and_the_checkpoint_still_exports(tmp_path):
     model_dir = tmp_path / "model"
     three = _write_data(tmp_path / "three", summary=True)
