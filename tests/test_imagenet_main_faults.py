@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from official.xception import flags_core
 from official.xception import imagenet_main
+from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
 from official.xception import run_safety
 from official.xception.errors import PipelineError
@@ -77,17 +78,24 @@ def test_corrupt_record_is_named_by_shard_and_index(tmp_path, kind, split):
     assert "official.xception.verify_shards" in message and "--skip_corrupt_records" in message
 
 
-def test_skip_corrupt_records_trains_and_counts_what_evaluation_left_out(tmp_path, caplog):
+@pytest.mark.parametrize("num_cpu_replicas", [1, 2])
+def test_skip_corrupt_records_trains_and_counts_what_it_left_out(tmp_path, caplog, num_cpu_replicas):
     data_dir = _write_data(tmp_path / "data")
     fault_fixtures.corrupt(os.path.join(data_dir, "train-00000-of-00002"), "bad_jpeg_valid_crc", 2)
     fault_fixtures.corrupt(os.path.join(data_dir, "validation-00000-of-00002"),
                            "bad_jpeg_valid_crc", 0)
     # Truncated in its 4th record: that record and the one after it (5 per shard) are lost.
     fault_fixtures.corrupt(os.path.join(data_dir, "validation-00001-of-00002"), "truncated", 3)
-    results = _run(data_dir=data_dir, model_dir=tmp_path / "model", skip_corrupt_records=True)
+    skipped_before = input_pipeline.skipped_image_count()
+    results = _run(data_dir=data_dir, model_dir=tmp_path / "model", skip_corrupt_records=True,
+                   num_cpu_replicas=num_cpu_replicas)
     assert results["global_step"] == TRAIN_EXAMPLES // 8
     assert results[model_fn_lib.EVAL_EXAMPLES_KEY] == EVAL_EXAMPLES - 3
     assert "evaluation left out 3 of 10 validation records" in caplog.text
+    # The bad training image at least once (the pipeline reads ahead), the validation one once.
+    skipped = input_pipeline.skipped_image_count() - skipped_before
+    assert skipped >= 2
+    assert f"{input_pipeline.skipped_image_count()} images that do not decode left out" in caplog.text
 
 
 def _trainer(model_dir, data_dir, *extra):

@@ -63,8 +63,8 @@ def define_base(flag_values=flags.FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_boolean("skip_corrupt_records", False, "Leave out records whose bytes do not read "
                          "or whose image does not decode, instead of stopping (a shard's unreadable "
-                         "bytes end that shard); evaluation logs how many it left out. Off by "
-                         "default: find bad shards with official.xception.verify_shards.",
+                         "bytes end that shard); each evaluation logs how many were left out. Off "
+                         "by default: find bad shards with official.xception.verify_shards.",
                          flag_values=flag_values)
 
 

@@ -409,11 +409,15 @@ def _log_evaluation(results, expected_examples, counted_examples_exact, skip_cor
                  results["global_step"], results[model_fn_lib.TOP_1_KEY],
                  results[model_fn_lib.TOP_5_KEY], results[model_fn_lib.EVAL_CROSS_ENTROPY_KEY],
                  results[model_fn_lib.EVAL_EXAMPLES_KEY])
-    if counted_examples_exact and skip_corrupt_records:
-        # tf.data does not count what it skips; the evaluation counts what it kept.
-        logging.warning("--skip_corrupt_records: evaluation left out %d of %d validation records",
-                        expected_examples - results[model_fn_lib.EVAL_EXAMPLES_KEY],
-                        expected_examples)
+    if skip_corrupt_records:
+        # What evaluation kept, against the split's size, also counts the records lost to
+        # unreadable bytes, which no stage of tf.data can count.
+        logging.warning("--skip_corrupt_records: evaluation left out %s of %d validation records; "
+                        "%d images that do not decode left out so far in this process (training "
+                        "counts one each time it reads it)",
+                        expected_examples - results[model_fn_lib.EVAL_EXAMPLES_KEY]
+                        if counted_examples_exact else "an unknown number", expected_examples,
+                        input_pipeline.skipped_image_count())
     elif counted_examples_exact and results[model_fn_lib.EVAL_EXAMPLES_KEY] != expected_examples:
         logging.warning("Evaluated %d examples but --eval_examples=%d: is --data_dir the full "
                         "validation set?", results[model_fn_lib.EVAL_EXAMPLES_KEY], expected_examples)
@@ -461,8 +465,8 @@ def run(flags_obj, model_builder=None):
         info.class_names(flags_obj.label_offset, flags_obj.num_classes) if info else None)
     if flags_obj.skip_corrupt_records:
         logging.warning("--skip_corrupt_records: records whose bytes or image are corrupt are left "
-                        "out; tf.data does not count them during training (evaluation logs its "
-                        "count; python -m official.xception.verify_shards lists them)")
+                        "out; each evaluation logs the count (python -m "
+                        "official.xception.verify_shards lists them)")
     estimator = tf.estimator.Estimator(
         model_fn=model_fn_lib.model_fn, config=make_run_config(flags_obj, placement),
         params={"model_config": model_config, "model_builder": model_builder})

@@ -10,7 +10,9 @@ with a final partial batch.
 
 import os
 import re
+import threading
 
+import numpy as np
 import tensorflow as tf
 
 from official.xception import preprocessing
@@ -29,6 +31,11 @@ _READ_BUFFER_BYTES = 8 * 1024 * 1024
 _SHARD_NAME = re.compile(r"^(?:train|validation)-(\d+)-of-(\d+)$")
 
 _LABEL_ERROR = "image/class/label of a record is outside"
+
+# Images that did not decode and were left out by skip_corrupt_records in this process, counted as
+# they fail (tf.data's ignore_errors counts nothing).
+_skipped_images = 0
+_skipped_images_lock = threading.Lock()
 
 _BOX_COORDINATES = ("ymin", "xmin", "ymax", "xmax")
 _IMAGE_FEATURES = {
@@ -116,6 +123,29 @@ def parse_example(serialized):
     """The features this pipeline reads from one serialized record (boxes included); raises
     InvalidArgumentError when the record does not fit the schema."""
     return tf.io.parse_single_example(serialized, _TRAIN_FEATURES)
+
+
+def skipped_image_count():
+    """Images left out by `input_fn(..., skip_corrupt_records=True)` in this process so far."""
+    return _skipped_images
+
+
+def _count_skipped_image():
+    global _skipped_images
+    with _skipped_images_lock:
+        _skipped_images += 1
+    return np.int64(0)
+
+
+def _preprocess_or_count(preprocess, parsed, image_size, dtype):
+    """A dataset of preprocess(*parsed), or an empty one that has counted the failure."""
+    attempt = tf.data.Dataset.from_tensors(parsed).map(preprocess).ignore_errors()
+    # Runs only when `attempt` ends empty: concatenate opens it lazily and take(1) stops before it.
+    counted = (tf.data.Dataset.from_tensors(np.int64(0))
+               .map(lambda _: tf.numpy_function(_count_skipped_image, [], tf.int64))
+               .filter(lambda _: False)
+               .map(lambda _: (tf.zeros([image_size, image_size, 3], dtype), tf.constant(0))))
+    return attempt.concatenate(counted).take(1)
 
 
 def data_error_message(error):
@@ -214,8 +244,9 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
         # classes stays an error.
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=deterministic)
-        dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                              deterministic=deterministic).ignore_errors()
+        dataset = dataset.interleave(
+            lambda *parsed: _preprocess_or_count(preprocess, parsed, image_size, dtype),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     else:
         dataset = dataset.map(lambda serialized: preprocess(*parse(serialized)),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
