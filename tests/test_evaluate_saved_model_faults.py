@@ -14,8 +14,8 @@ import pytest
 
 from official.xception import evaluate_saved_model
 from official.xception.errors import PipelineError
-from tests import record_fixtures
 from tests import fault_fixtures
+from tests import record_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES = 10
