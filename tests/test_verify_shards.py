@@ -77,6 +77,16 @@ def test_without_image_checks_only_the_bytes_and_the_schema_are_checked(data_dir
     assert [(os.path.basename(b.path), b.index) for b in bad] == [("train-00000-of-00002", 0)]
 
 
+def test_a_directory_of_one_split_is_checked_as_it_is(data_dir):
+    for name in ("train-00000-of-00002", "train-00001-of-00002"):
+        os.remove(data_dir / name)
+    fault_fixtures.corrupt(str(data_dir / "validation-00001-of-00002"), "bit_flip", 0)
+    finished = _verify(data_dir)
+    assert finished.returncode == 1
+    assert finished.stdout.startswith(f"{data_dir / 'validation-00001-of-00002'} record 0:")
+    assert finished.stderr.strip().splitlines()[-1].startswith("error: 2 shards, 5 records read")
+
+
 def test_a_missing_data_dir_is_one_line(tmp_path):
     finished = _verify(tmp_path / "missing")
     assert finished.returncode == 1

@@ -144,6 +144,13 @@ def _expected_records(data_dir):
         return {}
 
 
+def present_splits(data_dir):
+    """The splits with at least one file matching their pattern in `data_dir`."""
+    patterns = {True: input_pipeline.TRAIN_PATTERN, False: input_pipeline.VALIDATION_PATTERN}
+    return tuple(split for split, is_training in SPLITS.items()
+                 if tf.io.gfile.glob(os.path.join(data_dir, patterns[is_training])))
+
+
 def split_files(data_dir, splits):
     return [path for split in splits
             for path in input_pipeline.list_input_files(data_dir, SPLITS[split])]
@@ -197,8 +204,9 @@ def explain_data_error(error, data_dir, flag="--data_dir", splits=None):
     found by scanning the split(s) it can come from (the likely one first); None when the scan finds
     nothing and the error is not a DataLossError (then it is likely not the data's fault)."""
     if splits is None:
-        first = _failing_split(error)
-        splits = (first,) + tuple(split for split in SPLITS if split != first)
+        present = present_splits(data_dir)
+        splits = tuple(dict.fromkeys(split for split in (_failing_split(error), *SPLITS)
+                                     if split in present))
     # Unreadable bytes are found at disk speed; only a decode error needs every image decoded.
     check_images = not isinstance(error, tf.errors.DataLossError)
     for split in splits:

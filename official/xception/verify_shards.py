@@ -22,7 +22,8 @@ from official.xception.errors import PipelineError
 
 def define_flags():
     flags.DEFINE_string("data_dir", None, "Directory of the TFRecord shards.")
-    flags.DEFINE_enum("split", "all", ["all", *shard_check.SPLITS], "Which shards to check.")
+    flags.DEFINE_enum("split", "all", ["all", *shard_check.SPLITS], "Which shards to check (all: "
+                      "every split present).")
     flags.DEFINE_boolean("check_images", True, "Decode every image (about 1.5 ms each per core); "
                          "--nocheck_images reads and parses at disk speed.")
     flags.DEFINE_integer("num_threads", None, "Shards checked at once (default: one per core, up to "
@@ -34,7 +35,10 @@ def main(argv):
     del argv
     logging_setup.log_through_absl_only()
     flag_values = flags.FLAGS
-    splits = tuple(shard_check.SPLITS) if flag_values.split == "all" else (flag_values.split,)
+    splits = (flag_values.split,)
+    if flag_values.split == "all":
+        # A directory of one split (e.g. validation only) is checked as it is.
+        splits = shard_check.present_splits(flag_values.data_dir) or tuple(shard_check.SPLITS)
     try:
         if flag_values.num_threads is not None and flag_values.num_threads < 1:
             raise PipelineError(f"--num_threads={flag_values.num_threads}: must be at least 1")
