@@ -39,13 +39,9 @@ def is_local_path(path):
     return "://" not in path
 
 
-def _check_non_negative_int(value, flag, allow_zero):
-    if value is None:
-        return
-    low = 0 if allow_zero else 1
-    if value < low or value >= 2 ** 63:
-        raise PipelineError(f"--{flag}={value}: must be an integer "
-                            f"{'>= 0' if allow_zero else '>= 1'} (and below 2**63)")
+def _check_int_at_least(value, flag, minimum):
+    if value is not None and not minimum <= value < 2 ** 63:
+        raise PipelineError(f"--{flag}={value}: must be an integer >= {minimum} (and below 2**63)")
 
 
 def _check_positive_finite(value, flag):
@@ -101,12 +97,11 @@ def validate_run_flags(flags_obj):
     before any data is read or anything is trained."""
     _check_positive_finite(flags_obj.train_epochs, "train_epochs")
     _check_positive_finite(flags_obj.epochs_between_evals, "epochs_between_evals")
-    _check_non_negative_int(flags_obj.max_train_steps, "max_train_steps", allow_zero=False)
-    _check_non_negative_int(flags_obj.log_steps, "log_steps", allow_zero=False)
-    _check_non_negative_int(flags_obj.seed, "seed", allow_zero=True)
-    _check_non_negative_int(flags_obj.save_checkpoints_steps, "save_checkpoints_steps",
-                            allow_zero=False)
-    _check_non_negative_int(flags_obj.keep_checkpoint_max, "keep_checkpoint_max", allow_zero=True)
+    _check_int_at_least(flags_obj.max_train_steps, "max_train_steps", 1)
+    _check_int_at_least(flags_obj.log_steps, "log_steps", 1)
+    _check_int_at_least(flags_obj.seed, "seed", 0)
+    _check_int_at_least(flags_obj.save_checkpoints_steps, "save_checkpoints_steps", 1)
+    _check_int_at_least(flags_obj.keep_checkpoint_max, "keep_checkpoint_max", 0)
     try:
         preprocessing.check_central_fraction(flags_obj.eval_central_fraction)
     except PipelineError as error:
