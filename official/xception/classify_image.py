@@ -12,15 +12,15 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
-from official.xception import export
+from official.xception import exported_model
 from official.xception import logging_setup
 from official.xception.errors import PipelineError
 
 
 def classify(saved_model_dir, image_paths):
     """[(path, [(index, name, text, probability)] top-5)] for each image file."""
-    names = export.read_class_names(saved_model_dir)
-    serve = tf.saved_model.load(saved_model_dir).signatures[export.SERVING_SIGNATURE]
+    opened = exported_model.open_export(saved_model_dir)
+    names, serve = opened.class_names, opened.serve
     results = []
     for path in image_paths:
         try:

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from official.xception import logging_setup
+from official.xception import run_safety
 from official.xception import xception_model
 from official.xception.errors import PipelineError
 
@@ -151,8 +152,13 @@ def _check_output_dir(model_dir):
 def convert(keras_weights, model_dir, num_classes=None):
     """Converts `keras_weights` into a checkpoint in `model_dir`; returns a summary of what was done.
 
-    Nothing is written when the file is not a Keras Xception or does not fit `num_classes`.
+    Nothing is written when the file is not a Keras Xception or does not fit `num_classes`, and
+    nothing is left behind when writing fails (a full disk).
     """
+    if num_classes is not None and num_classes < 1:
+        raise PipelineError(f"--num_classes={num_classes}: must be at least 1 (the file's class "
+                            "count, or that plus 1 for a background class); leave it out to take "
+                            "the file's")
     if not os.path.isfile(keras_weights):
         raise PipelineError(f"--keras_weights={keras_weights}: no such file")
     _check_output_dir(model_dir)
@@ -187,6 +193,11 @@ def convert(keras_weights, model_dir, num_classes=None):
         path = saver.save(None, os.path.join(staging, CHECKPOINT_PREFIX), global_step=0,
                           write_meta_graph=False)
         _move_checkpoint(staging, model_dir)
+    except (OSError, tf.errors.OpError) as error:
+        message = run_safety.io_error_message(error, f"--model_dir={model_dir}")
+        if message is None:
+            raise
+        raise PipelineError(f"{message}; nothing was written") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

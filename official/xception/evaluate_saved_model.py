@@ -23,8 +23,11 @@ import tensorflow as tf
 
 from data_prep.progress import ProgressReporter
 from official.xception import export
+from official.xception import exported_model
 from official.xception import input_pipeline
 from official.xception import logging_setup
+from official.xception import run_safety
+from official.xception import shard_check
 from official.xception.errors import PipelineError
 
 _RECORD_FEATURES = {
@@ -38,10 +41,14 @@ _VALIDATION_INDEX = re.compile(rb"(\d+)\.[A-Za-z]+$")
 def read_blacklist(path):
     """The set of 1-based validation image indices in `path` (one per line; blank lines ignored)."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        # utf-8-sig: editors on Windows start the file with a byte-order mark.
+        with open(path, encoding="utf-8-sig") as handle:
             lines = [line.strip() for line in handle]
     except OSError as error:
         raise PipelineError(f"--blacklist_file={path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise PipelineError(f"--blacklist_file={path} is not a text file: give the ILSVRC2014 "
+                            "blacklist, one image index per line") from None
     indices = set()
     for number, line in enumerate(lines, 1):
         if not line:
@@ -62,7 +69,15 @@ def _validation_index(filename):
     return int(match.group(1))
 
 
-def _count_records(data_dir, files):
+def _read_records(files, skip_corrupt_records):
+    if not skip_corrupt_records:
+        return tf.data.TFRecordDataset(files)
+    # One reader per file, so that unreadable bytes end one file, not all.
+    return tf.data.Dataset.from_tensor_slices(files).flat_map(
+        lambda path: tf.data.TFRecordDataset(path).ignore_errors())
+
+
+def _count_records(data_dir, files, skip_corrupt_records):
     """The validation record count: from data_prep's build_summary.json, else (or for an incomplete
     set of shards) by reading the shards (at disk speed, a small fraction of the evaluation itself)."""
     try:
@@ -71,7 +86,20 @@ def _count_records(data_dir, files):
         with open(os.path.join(data_dir, "build_summary.json"), encoding="utf-8") as handle:
             return int(json.load(handle)["splits"]["validation"]["images_written"])
     except (OSError, KeyError, TypeError, ValueError):
-        return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda count, _: count + 1))
+        records = _read_records(files, skip_corrupt_records)
+        return int(records.reduce(np.int64(0), lambda count, _: count + 1))
+
+
+def _serve_skipping_corrupt(serve, images):
+    """(logits of the images that decode, mask of those images): one call per image."""
+    logits, decoded = [], []
+    for image in images:
+        try:
+            logits.append(serve(image_bytes=tf.constant([image]))["logits"][0])
+            decoded.append(True)
+        except tf.errors.InvalidArgumentError:
+            decoded.append(False)
+    return tf.stack(logits) if logits else None, np.array(decoded)
 
 
 class _Tally:
@@ -89,29 +117,46 @@ class _Tally:
 
 
 def evaluate(saved_model_dir, data_dir, *, batch_size=64, label_offset=None, blacklist=frozenset(),
-             progress_interval=10.0, allow_incomplete_shards=False):
+             progress_interval=10.0, allow_incomplete_shards=False, skip_corrupt_records=False):
     """Evaluates the SavedModel on every validation record not in `blacklist` (of the shards present,
     with `allow_incomplete_shards`).
 
+    With `skip_corrupt_records`, records whose bytes do not read or whose image does not decode are
+    left out and counted (exactly for images; for unreadable bytes, as the records missing from the
+    count in build_summary.json).
+
     Returns:
-      dict with top_1, top_5, examples, excluded, and the per-class tally.
+      dict with top_1, top_5, examples, excluded, skipped_corrupt and the per-class tally.
     """
-    info = export.read_export_info(saved_model_dir)
-    num_classes = info["num_classes"]
+    if batch_size < 1:
+        raise PipelineError(f"--batch_size={batch_size}: must be at least 1")
+    opened = exported_model.open_export(saved_model_dir)
+    num_classes = opened.info["num_classes"]
     if label_offset is None:
-        label_offset = info["label_offset"]
-    serve = tf.saved_model.load(saved_model_dir).signatures[export.SERVING_SIGNATURE]
+        label_offset = opened.info["label_offset"]
     files = input_pipeline.list_input_files(data_dir, is_training=False,
                                             allow_incomplete_shards=allow_incomplete_shards)
-    records = tf.data.TFRecordDataset(files).map(
+    try:
+        return _evaluate_records(opened.serve, data_dir, files, num_classes, label_offset,
+                                 batch_size, blacklist, progress_interval, skip_corrupt_records)
+    except tf.errors.OpError as error:
+        shard_check.locate_or_raise(error, data_dir, splits=("validation",))
+        raise
+
+
+def _evaluate_records(serve, data_dir, files, num_classes, label_offset, batch_size, blacklist,
+                      progress_interval, skip_corrupt_records):
+    records = _read_records(files, skip_corrupt_records).map(
         lambda record: tf.io.parse_single_example(record, _RECORD_FEATURES),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     records = records.batch(batch_size).prefetch(2)
 
-    progress = ProgressReporter("evaluated", _count_records(data_dir, files), interval=progress_interval)
+    total = _count_records(data_dir, files, skip_corrupt_records)
+    progress = ProgressReporter("evaluated", total, interval=progress_interval)
     tally = _Tally(num_classes)
-    excluded = 0
+    excluded = read = undecodable = 0
     for batch in records.as_numpy_iterator():
+        read += len(batch["image/class/label"])
         keep = np.ones(len(batch["image/class/label"]), bool)
         if blacklist:
             keep = np.array([_validation_index(name) not in blacklist for name in batch["image/filename"]])
@@ -126,12 +171,22 @@ def evaluate(saved_model_dir, data_dir, *, batch_size=64, label_offset=None, bla
                 f"a record in {data_dir} has label {bad}, outside [{label_offset}, "
                 f"{label_offset + num_classes}) for this {num_classes}-class export with "
                 f"label offset {label_offset}: check --label_offset")
-        logits = serve(image_bytes=tf.constant(batch["image/encoded"][keep]))["logits"]
+        try:
+            logits = serve(image_bytes=tf.constant(batch["image/encoded"][keep]))["logits"]
+        except tf.errors.InvalidArgumentError:
+            if not skip_corrupt_records:
+                raise
+            logits, decoded = _serve_skipping_corrupt(serve, batch["image/encoded"][keep])
+            undecodable += int((~decoded).sum())
+            progress.exclude(int((~decoded).sum()))
+            labels = labels[decoded]
+            if logits is None:
+                continue
         # The same ops as the Estimator's metrics, so that ties are broken the same way.
         tally.add(labels,
                   tf.math.in_top_k(tf.constant(labels), logits, 1).numpy(),
                   tf.math.in_top_k(tf.constant(labels), logits, min(5, num_classes)).numpy())
-        progress.advance(int(keep.sum()))
+        progress.advance(len(labels))
     examples = int(tally.examples.sum())
     if examples == 0:
         raise PipelineError(f"no validation examples were evaluated in {data_dir}")
@@ -140,19 +195,27 @@ def evaluate(saved_model_dir, data_dir, *, batch_size=64, label_offset=None, bla
         "top_5": tally.top_5.sum() / examples,
         "examples": examples,
         "excluded": excluded,
+        "skipped_corrupt": undecodable + max(0, total - read),
         "tally": tally,
     }
 
 
 def write_per_class_csv(path, tally, class_names):
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "synset", "text", "examples", "top_1", "top_5"])
-        for index, (synset, text) in enumerate(class_names):
-            count = tally.examples[index]
-            writer.writerow([index, synset, text, count,
-                             f"{tally.top_1[index] / count:.4f}" if count else "",
-                             f"{tally.top_5[index] / count:.4f}" if count else ""])
+    """Writes the CSV through a temporary file, so that a failed write leaves `path` as it was."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["index", "synset", "text", "examples", "top_1", "top_5"])
+            for index, (synset, text) in enumerate(class_names):
+                count = tally.examples[index]
+                writer.writerow([index, synset, text, count,
+                                 f"{tally.top_1[index] / count:.4f}" if count else "",
+                                 f"{tally.top_5[index] / count:.4f}" if count else ""])
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def define_flags():
@@ -166,6 +229,8 @@ def define_flags():
     flags.DEFINE_string("per_class_csv", None, "Write per-class top-1/top-5 accuracy to this CSV.")
     flags.DEFINE_boolean("allow_incomplete_shards", False, "Evaluate the validation shards present "
                          "even when some of their set are missing.")
+    flags.DEFINE_boolean("skip_corrupt_records", False, "Leave out (and count) records whose bytes "
+                         "do not read or whose image does not decode, instead of stopping.")
     flags.mark_flags_as_required(["saved_model_dir", "data_dir"])
 
 
@@ -174,18 +239,29 @@ def main(argv):
     flag_values = flags.FLAGS
     logging_setup.log_through_absl_only()
     try:
+        if flag_values.batch_size < 1:
+            raise PipelineError(f"--batch_size={flag_values.batch_size}: must be at least 1")
+        if flag_values.per_class_csv:
+            run_safety.writable_file(flag_values.per_class_csv, "--per_class_csv")
         blacklist = read_blacklist(flag_values.blacklist_file) if flag_values.blacklist_file else set()
         result = evaluate(flag_values.saved_model_dir, flag_values.data_dir,
                           batch_size=flag_values.batch_size, label_offset=flag_values.label_offset,
-                          blacklist=blacklist,
+                          blacklist=blacklist, skip_corrupt_records=flag_values.skip_corrupt_records,
                           allow_incomplete_shards=flag_values.allow_incomplete_shards)
-        if flag_values.per_class_csv:
-            write_per_class_csv(flag_values.per_class_csv, result["tally"],
-                                export.read_class_names(flag_values.saved_model_dir))
     except PipelineError as error:
         sys.exit(f"error: {error}")
+    # Printed before anything else can fail: the figures cost a whole evaluation.
     print(f"top_1_accuracy={result['top_1']:.4f} top_5_accuracy={result['top_5']:.4f} "
-          f"examples={result['examples']} excluded_by_blacklist={result['excluded']}")
+          f"examples={result['examples']} excluded_by_blacklist={result['excluded']}"
+          + (f" skipped_corrupt={result['skipped_corrupt']}"
+             if flag_values.skip_corrupt_records else ""), flush=True)
+    if flag_values.per_class_csv:
+        try:
+            write_per_class_csv(flag_values.per_class_csv, result["tally"],
+                                export.read_class_names(flag_values.saved_model_dir))
+        except OSError as error:
+            sys.exit(f"error: --per_class_csv={flag_values.per_class_csv}: {error.strerror}; the "
+                     "figures are above")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,11 @@ def define_base(flag_values=flags.FLAGS):
     flags.DEFINE_integer("seed", None, "Seed for the initial weights, dropout and the order of "
                          "training records (random crops and flips stay unseeded).",
                          flag_values=flag_values)
+    flags.DEFINE_boolean("skip_corrupt_records", False, "Leave out records whose bytes do not read "
+                         "or whose image does not decode, instead of stopping (a shard's unreadable "
+                         "bytes end that shard); each evaluation logs how many were left out. Off "
+                         "by default: find bad shards with official.xception.verify_shards.",
+                         flag_values=flag_values)
 
 
 def define_model(flag_values=flags.FLAGS):

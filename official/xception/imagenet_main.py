@@ -33,6 +33,8 @@ from official.xception import input_pipeline
 from official.xception import logging_setup
 from official.xception import model_fn as model_fn_lib
 from official.xception import preprocessing
+from official.xception import run_safety
+from official.xception import shard_check
 from official.xception import xception_model
 from official.xception.errors import PipelineError
 
@@ -280,7 +282,8 @@ def make_input_fns(flags_obj, model_config, batch_size):
                   image_size=model_config.image_size, num_classes=model_config.num_classes,
                   label_offset=flags_obj.label_offset, dtype=dtype,
                   datasets_num_private_threads=flags_obj.datasets_num_private_threads,
-                  allow_incomplete_shards=flags_obj.allow_incomplete_shards)
+                  allow_incomplete_shards=flags_obj.allow_incomplete_shards,
+                  skip_corrupt_records=flags_obj.skip_corrupt_records)
     train = functools.partial(input_pipeline.input_fn, True, shuffle_buffer=flags_obj.shuffle_buffer,
                               augmentation=make_augmentation(flags_obj), seed=flags_obj.seed, **common)
     evaluate = functools.partial(input_pipeline.input_fn, False,
@@ -406,21 +409,40 @@ def class_names_for_export(flags_obj, info):
 
 def export_latest(flags_obj, info, model_builder=None):
     """Exports the last checkpoint of --model_dir to a new numbered directory in --export_dir."""
-    path, averaged = export.export_saved_model(
-        flags_obj.model_dir, flags_obj.export_dir, num_classes=flags_obj.num_classes,
-        image_size=flags_obj.image_size, label_offset=flags_obj.label_offset,
-        class_names=class_names_for_export(flags_obj, info),
-        central_fraction=flags_obj.eval_central_fraction,
-        use_moving_averages=flags_obj.moving_average_decay > 0,
-        model_builder=model_builder or xception_model.xception)
+    try:
+        path, averaged = export.export_saved_model(
+            flags_obj.model_dir, flags_obj.export_dir, num_classes=flags_obj.num_classes,
+            image_size=flags_obj.image_size, label_offset=flags_obj.label_offset,
+            class_names=class_names_for_export(flags_obj, info),
+            central_fraction=flags_obj.eval_central_fraction,
+            use_moving_averages=flags_obj.moving_average_decay > 0,
+            model_builder=model_builder or xception_model.xception)
+    except (OSError, tf.errors.OpError) as error:
+        message = run_safety.io_error_message(error, f"--export_dir={flags_obj.export_dir}")
+        if message is None:
+            raise
+        raise PipelineError(f"export failed, earlier exports are untouched: {message} "
+                            "with --export_only") from None
     logging.info("Exported %s (%d variables from their moving averages)", path, averaged)
     print(f"exported SavedModel: {path}")
     return path
 
 
+def _explain_data_or_space_error(error, model_dir, data_dir):
+    """Raises PipelineError for a corrupt shard or a full disk; returns for other errors."""
+    if data_dir:
+        shard_check.locate_or_raise(error, data_dir)
+    message = run_safety.io_error_message(error, f"--model_dir={model_dir}")
+    if message:
+        latest = tf.train.latest_checkpoint(model_dir)
+        raise PipelineError(f"{message} to resume from the last complete checkpoint "
+                            f"({latest or 'none yet'})") from None
+
+
 @contextlib.contextmanager
-def explained_run_errors(model_dir):
-    """Turns the failures of known data and loss checks during a session run into PipelineError."""
+def explained_run_errors(model_dir, data_dir=None):
+    """Turns the failures of known data and loss checks during a session run, corrupt shards and a
+    full disk into PipelineError."""
     try:
         yield
     except tf.errors.InvalidArgumentError as error:
@@ -429,20 +451,33 @@ def explained_run_errors(model_dir):
             raise PipelineError(f"bad record in --data_dir: {data_message}") from None
         match = _NON_FINITE_LOSS.search(error.message)
         if not match:
+            _explain_data_or_space_error(error, model_dir, data_dir)
             raise
         latest = tf.train.latest_checkpoint(model_dir)
         raise PipelineError(
             f"training stopped: the loss is {match.group(2)} at global step {match.group(1)}; "
             f"the last good checkpoint ({latest or 'none yet'}) is kept in --model_dir={model_dir}: "
             "lower --base_learning_rate (or add --warmup_epochs) and re-run to resume") from None
+    except tf.errors.OpError as error:
+        _explain_data_or_space_error(error, model_dir, data_dir)
+        raise
 
 
-def _log_evaluation(results, expected_examples, counted_examples_exact):
+def _log_evaluation(results, expected_examples, counted_examples_exact, skip_corrupt_records=False):
     logging.info("Evaluation at step %d: top-1 %.4f, top-5 %.4f, cross-entropy %.4f over %d examples",
                  results["global_step"], results[model_fn_lib.TOP_1_KEY],
                  results[model_fn_lib.TOP_5_KEY], results[model_fn_lib.EVAL_CROSS_ENTROPY_KEY],
                  results[model_fn_lib.EVAL_EXAMPLES_KEY])
-    if counted_examples_exact and results[model_fn_lib.EVAL_EXAMPLES_KEY] != expected_examples:
+    if skip_corrupt_records:
+        # What evaluation kept, against the split's size, also counts the records lost to
+        # unreadable bytes, which no stage of tf.data can count.
+        logging.warning("--skip_corrupt_records: evaluation left out %s of %d validation records; "
+                        "%d images that do not decode left out so far in this process (training "
+                        "counts one each time it reads it)",
+                        expected_examples - results[model_fn_lib.EVAL_EXAMPLES_KEY]
+                        if counted_examples_exact else "an unknown number", expected_examples,
+                        input_pipeline.skipped_image_count())
+    elif counted_examples_exact and results[model_fn_lib.EVAL_EXAMPLES_KEY] != expected_examples:
         logging.warning("Evaluated %d examples but --eval_examples=%d: is --data_dir the full "
                         "validation set?", results[model_fn_lib.EVAL_EXAMPLES_KEY], expected_examples)
 
@@ -451,6 +486,7 @@ def run(flags_obj, model_builder=None):
     """Trains and/or evaluates as the flags say; returns the last evaluation's results (or {})."""
     if not flags_obj.model_dir:
         raise PipelineError("--model_dir is required (checkpoints and summaries go there)")
+    run_safety.validate_run_flags(flags_obj)
     if flags_obj.export_only:
         if not flags_obj.export_dir:
             raise PipelineError("--export_only needs --export_dir (where the SavedModel goes)")
@@ -462,6 +498,8 @@ def run(flags_obj, model_builder=None):
         return {}
     info = apply_dataset_info(flags_obj)
     tf_config = configure_cluster(flags_obj.worker_hosts, flags_obj.task_index)
+    if not flags_obj.eval_only:
+        run_safety.lock_model_dir(flags_obj.model_dir, run_safety.task_name(tf_config))
     placement = make_placement(flags_obj.distribution_strategy, flags_obj.num_gpus,
                                flags_obj.num_cpu_replicas, flags_obj.all_reduce_alg, tf_config)
     global_batch = flags_obj.batch_size
@@ -481,6 +519,13 @@ def run(flags_obj, model_builder=None):
                  batch_size, model_config.learning_rate.scaled_learning_rate,
                  flags_obj.base_learning_rate, flags_obj.base_batch_size, steps_per_epoch, total_steps)
 
+    run_safety.check_resume_compatible(
+        flags_obj.model_dir, flags_obj.num_classes,
+        info.class_names(flags_obj.label_offset, flags_obj.num_classes) if info else None)
+    if flags_obj.skip_corrupt_records:
+        logging.warning("--skip_corrupt_records: records whose bytes or image are corrupt are left "
+                        "out; each evaluation logs the count (python -m "
+                        "official.xception.verify_shards lists them)")
     estimator = tf.estimator.Estimator(
         model_fn=model_fn_lib.model_fn, config=make_run_config(flags_obj, placement),
         params={"model_config": model_config, "model_builder": model_builder})
@@ -490,13 +535,14 @@ def run(flags_obj, model_builder=None):
         dataset_info.write_class_names(
             flags_obj.model_dir, info.class_names(flags_obj.label_offset, flags_obj.num_classes))
 
-    with explained_run_errors(flags_obj.model_dir):
+    with explained_run_errors(flags_obj.model_dir, flags_obj.data_dir):
         if flags_obj.eval_only:
             if tf.train.latest_checkpoint(flags_obj.model_dir) is None:
                 raise PipelineError(f"--eval_only: --model_dir={flags_obj.model_dir} holds no "
                                     "checkpoint; train first or convert Keras weights into it")
             results = estimator.evaluate(eval_input_fn, steps=eval_steps)
-            _log_evaluation(results, flags_obj.eval_examples, count_is_exact)
+            _log_evaluation(results, flags_obj.eval_examples, count_is_exact,
+                            flags_obj.skip_corrupt_records)
             return results
 
         results = {}
@@ -510,7 +556,8 @@ def run(flags_obj, model_builder=None):
                                                  flags_obj.epochs_between_evals):
                 estimator.train(train_input_fn, max_steps=cycle_end, hooks=train_hooks)
                 results = estimator.evaluate(eval_input_fn, steps=eval_steps)
-                _log_evaluation(results, flags_obj.eval_examples, count_is_exact)
+                _log_evaluation(results, flags_obj.eval_examples, count_is_exact,
+                                flags_obj.skip_corrupt_records)
                 if (flags_obj.stop_threshold is not None
                         and results[model_fn_lib.TOP_1_KEY] >= flags_obj.stop_threshold):
                     logging.info("Top-1 %.4f reached --stop_threshold=%g: stopping",

@@ -11,7 +11,9 @@ with a final partial batch.
 
 import os
 import re
+import threading
 
+import numpy as np
 import tensorflow as tf
 
 from official.xception import dataset_info
@@ -31,6 +33,11 @@ _READ_BUFFER_BYTES = 8 * 1024 * 1024
 _SHARD_NAME = re.compile(r"^(?:train|validation)-(\d+)-of-(\d+)$")
 
 _LABEL_ERROR = "image/class/label of a record is outside"
+
+# Images that did not decode and were left out by skip_corrupt_records in this process, counted as
+# they fail (tf.data's ignore_errors counts nothing).
+_skipped_images = 0
+_skipped_images_lock = threading.Lock()
 
 _BOX_COORDINATES = ("ymin", "xmin", "ymax", "xmax")
 _IMAGE_FEATURES = {
@@ -135,6 +142,35 @@ def _parse_record(serialized, num_classes, label_offset, with_boxes):
     return features["image/encoded"], label, boxes
 
 
+def parse_example(serialized):
+    """The features this pipeline reads from one serialized record (boxes included); raises
+    InvalidArgumentError when the record does not fit the schema."""
+    return tf.io.parse_single_example(serialized, _TRAIN_FEATURES)
+
+
+def skipped_image_count():
+    """Images left out by `input_fn(..., skip_corrupt_records=True)` in this process so far."""
+    return _skipped_images
+
+
+def _count_skipped_image():
+    global _skipped_images
+    with _skipped_images_lock:
+        _skipped_images += 1
+    return np.int64(0)
+
+
+def _preprocess_or_count(preprocess, parsed, image_size, dtype):
+    """A dataset of preprocess(*parsed), or an empty one that has counted the failure."""
+    attempt = tf.data.Dataset.from_tensors(parsed).map(preprocess).ignore_errors()
+    # Runs only when `attempt` ends empty: concatenate opens it lazily and take(1) stops before it.
+    counted = (tf.data.Dataset.from_tensors(np.int64(0))
+               .map(lambda _: tf.numpy_function(_count_skipped_image, [], tf.int64))
+               .filter(lambda _: False)
+               .map(lambda _: (tf.zeros([image_size, image_size, 3], dtype), tf.constant(0))))
+    return attempt.concatenate(counted).take(1)
+
+
 def data_error_message(error):
     """The one-line message of a record check of this module that failed while the dataset ran.
 
@@ -154,7 +190,7 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
              dtype=tf.float32, shuffle_buffer=10000,
              augmentation=preprocessing.AugmentationConfig(), eval_central_fraction=0.875,
              datasets_num_private_threads=None, input_context=None, seed=None,
-             allow_incomplete_shards=False):
+             allow_incomplete_shards=False, skip_corrupt_records=False):
     """A tf.data.Dataset of (images [B, S, S, 3] `dtype` in [-1, 1], labels int32 [B]).
 
     Args:
@@ -193,11 +229,15 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
     files = list_input_files(data_dir, is_training, input_context, allow_incomplete_shards)
 
     def read_records(paths):
-        return tf.data.TFRecordDataset(paths, buffer_size=_READ_BUFFER_BYTES)
+        records = tf.data.TFRecordDataset(paths, buffer_size=_READ_BUFFER_BYTES)
+        return records.ignore_errors() if skip_corrupt_records else records
 
-    def parse_and_preprocess(serialized):
+    def parse(serialized):
         image_bytes, label, boxes = _parse_record(serialized, num_classes, label_offset,
                                                   with_boxes=is_training)
+        return (image_bytes, label, boxes) if is_training else (image_bytes, label)
+
+    def preprocess(image_bytes, label, boxes=None):
         if is_training:
             image = preprocessing.preprocess_for_train(image_bytes, boxes, image_size, augmentation,
                                                        dtype)
@@ -220,9 +260,20 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     else:
         deterministic = True
-        dataset = read_records(files)
-    dataset = dataset.map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=deterministic)
+        # Skipping needs one reader per file, so that unreadable bytes end one file, not all.
+        dataset = (tf.data.Dataset.from_tensor_slices(files).flat_map(read_records)
+                   if skip_corrupt_records else read_records(files))
+    if skip_corrupt_records:
+        # Separate maps so that only images that fail to decode are skipped: a label outside the
+        # classes stays an error.
+        dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=deterministic)
+        dataset = dataset.interleave(
+            lambda *parsed: _preprocess_or_count(preprocess, parsed, image_size, dtype),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    else:
+        dataset = dataset.map(lambda serialized: preprocess(*parse(serialized)),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=is_training)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
 
