@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 
+import tensorflow as tf
+
 from official.xception.errors import PipelineError
 
 # The tasks that train; an "evaluator" is not part of the training cluster (as in Kubeflow's TFJob).
@@ -135,9 +137,6 @@ def tf_config_from_slurm(port):
     """TF_CONFIG for this task of a Slurm job step (srun), through TensorFlow's SlurmClusterResolver:
     Slurm task 0 is the chief, the others are workers; a node's tasks listen on port, port+1, ...
     With GPUs, each task of a node gets its share of them (CUDA_VISIBLE_DEVICES)."""
-    # Imported here: TensorFlow is slow to import and the rest of this module does not need it.
-    from tensorflow.distribute.cluster_resolver import SlurmClusterResolver  # pylint: disable=g-import-not-at-top
-
     missing = [name for name in ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST",
                                  "SLURM_STEP_TASKS_PER_NODE") if name not in os.environ]
     if missing:
@@ -153,7 +152,7 @@ def tf_config_from_slurm(port):
     devices = dict(gpus_per_node=gpus, auto_set_gpu=True) if gpus else dict(
         gpus_per_node=num_tasks, gpus_per_task=1, auto_set_gpu=False)
     try:
-        resolver = SlurmClusterResolver(jobs=jobs, port_base=port, **devices)
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(jobs=jobs, port_base=port, **devices)
         cluster = resolver.cluster_spec().as_dict()
     except (RuntimeError, ValueError) as error:
         raise PipelineError(f"--slurm_cluster: {error}".replace("\n", " ")) from None
