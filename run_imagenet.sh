@@ -145,15 +145,6 @@ run_real() {
         fi
     fi
 
-    local found
-    found="$(count_gpus)"
-    local gpus="${NUM_GPUS:-$found}"
-    [[ "$gpus" =~ ^[0-9]+$ ]] || die "NUM_GPUS=$gpus is not a number"
-    if (( gpus > found )); then
-        die "NUM_GPUS=$gpus requested but nvidia-smi -L lists $found GPU(s) on $(hostname); check the driver and CUDA_VISIBLE_DEVICES, or set NUM_GPUS=0 to train on the CPU"
-    fi
-    (( gpus > 0 )) || echo "warning: no GPUs found; training on the CPU will be very slow" >&2
-
     # Each task of a cluster logs to its own file: they share MODEL_DIR.
     local cluster=() role=""
     case "${TASK_TYPE:-worker}" in
@@ -177,11 +168,21 @@ run_real() {
     elif [[ "${SLURM_STEP_NUM_TASKS:-1}" -gt 1 && -n "${SLURM_PROCID:-}" ]]; then
         cluster=(--distribution_strategy=multi_worker_mirrored --slurm_cluster)
         role="task$SLURM_PROCID"
-        # The resolver shares out a node's GPUs among its tasks; each uses all it is given.
-        [[ -n "${NUM_GPUS:-}" ]] || gpus=-1
     fi
     [[ "${TASK_TYPE:-worker}" == worker || "$role" == evaluator ]] \
         || die "TASK_TYPE=evaluator needs WORKER_HOSTS (the training tasks, chief first); with TF_CONFIG the task type comes from there"
+
+    local found
+    found="$(count_gpus)"
+    local gpus="${NUM_GPUS:-$found}"
+    [[ "$gpus" =~ ^[0-9]+$ ]] || die "NUM_GPUS=$gpus is not a number"
+    # An evaluator's NUM_GPUS is each training task's (it sets the batch); it evaluates on one device.
+    if (( gpus > found )) && [[ "$role" != evaluator* ]]; then
+        die "NUM_GPUS=$gpus requested but nvidia-smi -L lists $found GPU(s) on $(hostname); check the driver and CUDA_VISIBLE_DEVICES, or set NUM_GPUS=0 to train on the CPU"
+    fi
+    (( gpus > 0 )) || echo "warning: no GPUs found; training on the CPU will be very slow" >&2
+    # Under Slurm the resolver shares out a node's GPUs among its tasks; each uses all it is given.
+    [[ " ${cluster[*]} " != *" --slurm_cluster "* || -n "${NUM_GPUS:-}" ]] || gpus=-1
 
     mkdir -p "$MODEL_DIR"
     local log="$MODEL_DIR/run${role:+-$role}.log" output

@@ -221,6 +221,10 @@ def test_the_evaluator_evaluates_with_the_training_replicas_batch():
     assert placement.strategy is None and not placement.is_chief
     # 3 training tasks of 2 CPU replicas each: 6 replicas, so a global batch of 48 is 8 per device.
     assert imagenet_main.per_replica_batch_size(48, placement.num_replicas) == 8
+    # Its --num_gpus is each training task's, even on a machine with fewer (none here).
+    on_gpus = imagenet_main.make_placement("multi_worker_mirrored", 4, 1, None, tf_config)
+    assert on_gpus.num_replicas == 12 and on_gpus.num_gpus == len(
+        tf.config.list_physical_devices("GPU")[:1])
 
 
 @pytest.fixture

@@ -145,7 +145,9 @@ def define_performance(flag_values=flags.FLAGS):
 
 
 def define_distribution(flag_values=flags.FLAGS):
-    flags.DEFINE_integer("num_gpus", -1, "GPUs to use on this machine (-1: all visible).",
+    flags.DEFINE_integer("num_gpus", -1, "GPUs to use on this machine (-1: all visible); 0 runs "
+                         "everything on the CPU. An evaluator evaluates on one device and takes "
+                         "this as each training task's GPU count, for its batch.",
                          flag_values=flag_values)
     flags.DEFINE_integer("num_cpu_replicas", 1, "With --num_gpus=0: replicas over this many CPU "
                          "devices (for testing the multi-device path).", flag_values=flag_values)

@@ -136,16 +136,17 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
     visible_gpus = len(tf.config.list_physical_devices("GPU"))
     if num_gpus < 0:
         num_gpus = visible_gpus
-    if num_gpus > visible_gpus:
+    task_type = tf_config.get("task", {}).get("type")
+    # An evaluator's --num_gpus is each training task's, which sets its batch; it uses one device.
+    if num_gpus > visible_gpus and task_type != cluster.EVALUATOR:
         raise PipelineError(f"--num_gpus={num_gpus} but this machine has {visible_gpus} visible GPUs")
-    _use_first_gpus(num_gpus)
+    _use_first_gpus(min(num_gpus, visible_gpus))
     if num_cpu_replicas < 1:
         raise PipelineError(f"--num_cpu_replicas must be at least 1, got {num_cpu_replicas}")
     if num_gpus and num_cpu_replicas > 1:
         raise PipelineError("--num_cpu_replicas is for machines without GPUs: pass --num_gpus=0")
     devices = ([f"/gpu:{i}" for i in range(num_gpus)] if num_gpus
                else [f"/cpu:{i}" for i in range(num_cpu_replicas)])
-    task_type = tf_config.get("task", {}).get("type")
     is_chief = _is_chief(tf_config)
 
     if strategy_name == "multi_worker_mirrored" or tf_config.get("cluster"):
@@ -159,9 +160,9 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
             raise PipelineError(f"--peer_timeout_secs must be positive, got {peer_timeout_secs:g}")
         if task_type == cluster.EVALUATOR:
             # The evaluator reads the chief's checkpoints on one device and trains nothing; its
-            # batch is the training replicas' (each training task having as many devices as it).
+            # batch is the training replicas'.
             return Placement(None, cluster.training_task_count(tf_config) * len(devices), 1, False,
-                             True, min(num_gpus, 1))
+                             True, min(num_gpus, visible_gpus, 1))
         implementation = {
             None: tf.distribute.experimental.CommunicationImplementation.AUTO,
             "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
