@@ -505,7 +505,9 @@ def run(flags_obj, model_builder=None):
 
         results = {}
         done_steps = checkpoint_step(flags_obj.model_dir)
-        if done_steps >= total_steps:
+        # An evaluator that starts late still evaluates the final checkpoint, once.
+        is_evaluator = tf_config.get("task", {}).get("type") == cluster.EVALUATOR
+        if done_steps >= total_steps and not is_evaluator:
             logging.info("--model_dir=%s is at global step %d, the last step is %d: nothing left to "
                          "train or evaluate", flags_obj.model_dir, done_steps, total_steps)
         elif placement.multi_worker:
