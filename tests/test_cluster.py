@@ -34,7 +34,9 @@ def _free_ports(count):
 
 @pytest.fixture(autouse=True)
 def no_tf_config(monkeypatch):
-    monkeypatch.delenv("TF_CONFIG", raising=False)
+    """No TF_CONFIG before each test, and none left after it (configure_cluster sets one)."""
+    monkeypatch.setenv("TF_CONFIG", "")
+    monkeypatch.delenv("TF_CONFIG")
 
 
 @pytest.mark.parametrize("hosts, message", [
