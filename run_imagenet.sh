@@ -16,7 +16,11 @@
 #                imagenet_metadata.txt and bboxes/ or ILSVRC2012_bbox_train_v2.tar.gz.
 #   NUM_GPUS     GPUs to use (default: all that `nvidia-smi -L` lists; 0 trains on the CPU).
 #   WORKER_HOSTS, TASK_INDEX   one worker of a multi-machine job (host:port,host:port and this
-#                machine's index); every worker runs the same command.
+#                machine's index; index 0 is the chief); every worker runs the same command.
+#   TASK_TYPE=evaluator   with WORKER_HOSTS: this machine evaluates each new checkpoint instead.
+#   A TF_CONFIG in the environment (Kubeflow's TFJob sets one) or a Slurm job step of several tasks
+#   (srun) describes the cluster instead of WORKER_HOSTS. MODEL_DIR must then be storage that every
+#   task sees; only the chief exports and evaluates the export.
 # Demo: DEMO_DIR (default ./demo_output) holds everything it makes; re-running resumes.
 # Extra arguments go to official.xception.imagenet_main unchanged (they win over the defaults here).
 set -euo pipefail
@@ -153,33 +157,60 @@ run_real() {
         fi
     fi
 
+    # Each task of a cluster logs to its own file: they share MODEL_DIR.
+    local cluster=() role=""
+    case "${TASK_TYPE:-worker}" in
+        worker|evaluator) ;;
+        *) die "TASK_TYPE=$TASK_TYPE must be worker or evaluator" ;;
+    esac
+    if [[ -n "${WORKER_HOSTS:-}" ]]; then
+        cluster=(--distribution_strategy=multi_worker_mirrored --worker_hosts="$WORKER_HOSTS")
+        if [[ "${TASK_TYPE:-worker}" == evaluator ]]; then
+            cluster+=(--task_type=evaluator)
+            role=evaluator
+        else
+            [[ -n "${TASK_INDEX:-}" ]] || die "WORKER_HOSTS is set: set TASK_INDEX to this machine's index in it too"
+            cluster+=(--task_index="$TASK_INDEX")
+            role="task$TASK_INDEX"
+        fi
+    elif [[ -n "${TF_CONFIG:-}" ]]; then
+        cluster=(--distribution_strategy=multi_worker_mirrored)
+        role="$(python -c 'import json, os; task = json.loads(os.environ["TF_CONFIG"])["task"]; print(task["type"] + str(task.get("index", 0)))' 2>/dev/null)" \
+            || die "TF_CONFIG has no task: it must be JSON with \"cluster\" and \"task\" (type and index)"
+    elif [[ "${SLURM_STEP_NUM_TASKS:-1}" -gt 1 && -n "${SLURM_PROCID:-}" ]]; then
+        cluster=(--distribution_strategy=multi_worker_mirrored --slurm_cluster)
+        role="task$SLURM_PROCID"
+    fi
+    [[ "${TASK_TYPE:-worker}" == worker || "$role" == evaluator ]] \
+        || die "TASK_TYPE=evaluator needs WORKER_HOSTS (the training tasks, chief first); with TF_CONFIG the task type comes from there"
+
     local found
     found="$(count_gpus)"
     local gpus="${NUM_GPUS:-$found}"
     [[ "$gpus" =~ ^[0-9]+$ ]] || die "NUM_GPUS=$gpus is not a number"
-    if (( gpus > found )); then
+    # An evaluator's NUM_GPUS is each training task's (it sets the batch); it evaluates on one device.
+    if (( gpus > found )) && [[ "$role" != evaluator* ]]; then
         die "NUM_GPUS=$gpus requested but nvidia-smi -L lists $found GPU(s) on $(hostname); check the driver and CUDA_VISIBLE_DEVICES, or set NUM_GPUS=0 to train on the CPU"
     fi
     (( gpus > 0 )) || echo "warning: no GPUs found; training on the CPU will be very slow" >&2
-
-    local cluster=()
-    if [[ -n "${WORKER_HOSTS:-}" ]]; then
-        [[ -n "${TASK_INDEX:-}" ]] || die "WORKER_HOSTS is set: set TASK_INDEX to this machine's index in it too"
-        cluster=(--distribution_strategy=multi_worker_mirrored --worker_hosts="$WORKER_HOSTS"
-                 --task_index="$TASK_INDEX")
-    fi
+    # Under Slurm the resolver shares out a node's GPUs among its tasks; each uses all it is given.
+    [[ " ${cluster[*]} " != *" --slurm_cluster "* || -n "${NUM_GPUS:-}" ]] || gpus=-1
 
     mkdir -p "$MODEL_DIR"
-    step "Training (log: $MODEL_DIR/run.log)"
+    local log="$MODEL_DIR/run${role:+-$role}.log" output
+    output="$(mktemp)"
+    trap "rm -f '$output'" EXIT
+    step "Training (log: $log)"
     python -m official.xception.imagenet_main --data_dir="$DATA_DIR" --model_dir="$MODEL_DIR" \
         --num_gpus="$gpus" --export_dir="$MODEL_DIR/export" "${cluster[@]}" "$@" \
-        2>&1 | tee -a "$MODEL_DIR/run.log"
+        2>&1 | tee -a "$log" "$output"
+    # Only the task that exported (the chief) evaluates, and only what it exported just now.
     local export
-    export="$(latest_export "$MODEL_DIR/export")"
+    export="$(sed -n 's/^exported SavedModel: //p' "$output" | tail -n 1)"
     if [[ -n "$export" ]]; then
         step "Evaluating the SavedModel $export"
         python -m official.xception.evaluate_saved_model --saved_model_dir="$export" \
-            --data_dir="$DATA_DIR" 2>&1 | tee -a "$MODEL_DIR/run.log"
+            --data_dir="$DATA_DIR" 2>&1 | tee -a "$log"
     fi
 }
 

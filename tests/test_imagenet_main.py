@@ -96,6 +96,37 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another(data_dir, tmp
     assert not np.array_equal(runs["other"]["predictions/kernel"], runs["first"]["predictions/kernel"])
 
 
+def test_resuming_trains_and_evaluates_only_the_cycles_left(data_dir, tmp_path, monkeypatch):
+    evaluated_steps, start_steps = [], []
+    evaluate = tf.estimator.Estimator.evaluate
+
+    def counting_evaluate(estimator, *args, **kwargs):
+        results = evaluate(estimator, *args, **kwargs)
+        evaluated_steps.append(int(results["global_step"]))
+        return results
+
+    input_fn = input_pipeline.input_fn
+
+    def recording_input_fn(is_training, data_dir, batch_size, input_context=None, **kwargs):
+        if is_training:
+            start_steps.append(kwargs["start_step"])
+        return input_fn(is_training, data_dir, batch_size, input_context, **kwargs)
+
+    monkeypatch.setattr(tf.estimator.Estimator, "evaluate", counting_evaluate)
+    monkeypatch.setattr(input_pipeline, "input_fn", recording_input_fn)
+    steps_per_epoch = TRAIN_EXAMPLES // 8
+    run = dict(data_dir=data_dir, model_dir=tmp_path, train_epochs=3, epochs_between_evals=1,
+               seed=1)
+    _run(max_train_steps=steps_per_epoch, **run)  # interrupted after the first of three cycles
+    assert evaluated_steps == [steps_per_epoch] and start_steps == [0]
+    _run(**run)
+    assert evaluated_steps[1:] == [2 * steps_per_epoch, 3 * steps_per_epoch]
+    assert start_steps[1:] == [steps_per_epoch, 2 * steps_per_epoch]
+    del evaluated_steps[:], start_steps[:]
+    assert _run(**run) == {}  # finished: nothing to train or evaluate
+    assert evaluated_steps == [] and start_steps == []
+
+
 @pytest.mark.parametrize("values, message", [
     (dict(num_cpu_replicas=2, batch_size=5), "--batch_size=5 is the global batch and must divide"),
     (dict(image_size=64), "image_size must be at least 71"),

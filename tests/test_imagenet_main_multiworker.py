@@ -1,7 +1,10 @@
-"""Two worker processes on 127.0.0.1 train together through TF_CONFIG and both finish."""
+"""Worker processes on 127.0.0.1 train together: through --worker_hosts, and through TF_CONFIG as
+Kubeflow's TFJob writes it (chief, worker and an evaluator). Each training shard holds one label, so
+the labels a worker trains on say which files it read."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -9,8 +12,14 @@ import sys
 import pytest
 import tensorflow as tf
 
+from official.xception import model_fn as model_fn_lib
+from tests import record_fixtures
+from tests import tiny_imagenet_main
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 10
+NUM_SHARDS = 4  # labels 0..3, shard i holding label i
+STEPS = 6
+GLOBAL_BATCH = 4
 
 
 def _free_ports(count):
@@ -23,36 +32,95 @@ def _free_ports(count):
     return ports
 
 
-def test_two_local_workers_train_together_and_finish(tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    model_dir = tmp_path / "model"
-    processes = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        command = [sys.executable, "-m", "tests.tiny_imagenet_main", f"--model_dir={model_dir}",
-                   "--use_synthetic_data", "--distribution_strategy=multi_worker_mirrored",
-                   "--num_gpus=0", "--batch_size=8", "--image_size=71", "--num_classes=3",
-                   f"--train_examples={8 * STEPS}", "--train_epochs=1", "--eval_examples=8",
-                   "--log_steps=5"]
-        environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2",
-                           TF_CONFIG=json.dumps(tf_config))
-        processes.append(subprocess.Popen(command, cwd=REPO, env=environment, text=True,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("shards"))
+    # write_shards deals records out round-robin: record i goes to shard i % NUM_SHARDS.
+    record_fixtures.write_labelled_split(directory, "train", [i % NUM_SHARDS for i in range(32)],
+                                         NUM_SHARDS)
+    record_fixtures.write_labelled_split(directory, "validation", [0, 1, 2, 3, 0], 1)
+    return directory
+
+
+def _start(data_dir, model_dir, extra, tf_config=None):
+    command = [sys.executable, "-m", "tests.tiny_imagenet_main", f"--data_dir={data_dir}",
+               f"--model_dir={model_dir}", "--print_train_labels", "--num_gpus=0",
+               f"--batch_size={GLOBAL_BATCH}", "--image_size=71", f"--num_classes={NUM_SHARDS}",
+               "--label_offset=0", f"--train_examples={GLOBAL_BATCH * STEPS}", "--train_epochs=1",
+               "--eval_examples=5", "--shuffle_buffer=8", "--seed=3", "--log_steps=3",
+               "--peer_timeout_secs=120", "--eval_throttle_secs=1", *extra]
+    environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    environment.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        environment["TF_CONFIG"] = json.dumps(tf_config)
+    return subprocess.Popen(command, cwd=REPO, env=environment, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _finish(processes, timeout=400):
     try:
         # The strategy waits for all peers; a hang must fail the test, not stall the suite.
-        errors = [process.communicate(timeout=240)[1] for process in processes]
+        errors = [process.communicate(timeout=timeout)[1] for process in processes]
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
+                process.wait()
     for index, (process, stderr) in enumerate(zip(processes, errors)):
-        assert process.returncode == 0, f"worker {index}:\n{stderr[-3000:]}"
-    # The chief (worker 0) owns the checkpoints: the last one is at the final global step.
+        assert process.returncode == 0, f"task {index}:\n{stderr[-3000:]}"
+    return errors
+
+
+def _train_labels(stderr):
+    prefix = re.escape(tiny_imagenet_main.TRAIN_LABELS_PREFIX)
+    batches = re.findall(prefix + r" \[([\d ]*)\]", stderr)
+    assert len(batches) == STEPS, stderr[-3000:]
+    return {int(label) for batch in batches for label in batch.split()}
+
+
+def _assert_disjoint_and_covering(first, second):
+    assert first and second
+    assert not first & second
+    assert first | second == set(range(NUM_SHARDS))
+
+
+def test_worker_hosts_workers_train_on_disjoint_files_that_cover_the_split(data_dir, tmp_path):
+    hosts = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+    model_dir = tmp_path / "model"
+    errors = _finish([
+        _start(data_dir, model_dir, ["--distribution_strategy=multi_worker_mirrored",
+                                     f"--worker_hosts={hosts}", f"--task_index={index}"])
+        for index in range(2)])
+    _assert_disjoint_and_covering(_train_labels(errors[0]), _train_labels(errors[1]))
+    # The chief (task 0) owns the checkpoints: the last one is at the final global step.
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir)))
     assert reader.get_tensor("global_step") == STEPS
     for stderr in errors:
-        assert "Global batch 8 = 2 replicas x 4" in stderr
+        assert "Global batch 4 = 2 replicas x 2" in stderr
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
+def _evaluation_steps(eval_dir):
+    steps = []
+    for path in tf.io.gfile.glob(os.path.join(eval_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            if any(value.tag == model_fn_lib.TOP_1_KEY for value in event.summary.value):
+                steps.append(event.step)
+    return steps
+
+
+def test_tfjob_chief_worker_and_evaluator(data_dir, tmp_path):
+    chief, worker = (f"127.0.0.1:{port}" for port in _free_ports(2))
+    # Exactly what TFJob puts in each pod: the evaluator is not part of the cluster.
+    cluster = {"chief": [chief], "worker": [worker]}
+    tasks = [{"type": "chief", "index": 0}, {"type": "worker", "index": 0},
+             {"type": "evaluator", "index": 0}]
+    model_dir = tmp_path / "model"
+    errors = _finish([
+        _start(data_dir, model_dir, ["--distribution_strategy=multi_worker_mirrored"],
+               {"cluster": cluster, "task": task, "environment": "cloud"})
+        for task in tasks])
+    _assert_disjoint_and_covering(_train_labels(errors[0]), _train_labels(errors[1]))
+    # The evaluator evaluated the final checkpoint, with the training replicas' batch (4 / 2).
+    assert STEPS in _evaluation_steps(str(model_dir / "eval")), errors[2][-3000:]
+    assert "Global batch 4 = 2 replicas x 2" in errors[2]
+    assert tiny_imagenet_main.TRAIN_LABELS_PREFIX not in errors[2]

@@ -1,6 +1,7 @@
 """input_fn over hand-written ImageNet-schema shards: eval covers each record once in a fixed order,
 training batches, label offsets and their errors, worker sharding, synthetic data."""
 
+import functools
 import os
 import sys
 
@@ -74,6 +75,31 @@ def test_seeded_training_order_is_reproducible(data_dir):
 
     assert first_labels(7) == first_labels(7)
     assert first_labels(7) != first_labels(8)
+
+
+def test_seeded_order_depends_on_the_start_step_and_the_worker(data_dir):
+    def first_labels(start_step, worker=None):
+        context = (None if worker is None else
+                   tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker))
+        dataset = input_pipeline.input_fn(True, data_dir, 8, context, shuffle_buffer=50, seed=7,
+                                          start_step=start_step, **SMALL)
+        return np.concatenate(collect(dataset, max_batches=4)[1]).tolist()
+
+    assert first_labels(0) == first_labels(0)
+    assert first_labels(120) == first_labels(120)
+    assert first_labels(0) != first_labels(120)
+    assert first_labels(0, worker=1) == first_labels(0, worker=1)
+    assert first_labels(0, worker=1) != first_labels(120, worker=1)
+    # Workers read different files; their seeds differ as well.
+    assert input_pipeline.shuffle_seed(7, 0, 0) != input_pipeline.shuffle_seed(7, 1, 0)
+
+
+def test_the_estimator_passes_input_context_to_the_training_input_fn(data_dir):
+    # The Estimator hands an input_fn the InputContext only when fn_args lists it.
+    from tensorflow.python.util import function_utils  # pylint: disable=g-import-not-at-top
+    bound = functools.partial(input_pipeline.input_fn, True, data_dir=data_dir, batch_size=8,
+                              seed=1, start_step=5, **SMALL)
+    assert "input_context" in function_utils.fn_args(bound)
 
 
 def test_label_offset_zero_keeps_record_labels(data_dir):

@@ -20,7 +20,8 @@ SCRIPT = os.path.realpath(
 def _run(env_updates, *args, timeout=120):
     env = {key: value for key, value in os.environ.items()
            if key not in ("DATA_DIR", "MODEL_DIR", "RAW_DIR", "NUM_GPUS", "WORKER_HOSTS",
-                          "TASK_INDEX", "DEMO_DIR", "SHARD_FLAGS")}
+                          "TASK_INDEX", "TASK_TYPE", "TF_CONFIG", "DEMO_DIR", "SHARD_FLAGS")
+           and not key.startswith("SLURM_")}
     env.update(env_updates)
     return subprocess.run(["bash", SCRIPT, *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -50,6 +51,14 @@ def test_demo_runs_end_to_end_and_learns(tmp_path):
      "error: NUM_GPUS=2 requested but nvidia-smi -L lists 0 GPU(s)"),
     ({"DATA_DIR": "{shards}", "MODEL_DIR": "{tmp}/model", "WORKER_HOSTS": "a:1,b:1"},
      "error: WORKER_HOSTS is set: set TASK_INDEX"),
+    ({"DATA_DIR": "{shards}", "MODEL_DIR": "{tmp}/model", "TASK_TYPE": "trainer"},
+     "error: TASK_TYPE=trainer must be worker or evaluator"),
+    ({"DATA_DIR": "{shards}", "MODEL_DIR": "{tmp}/model", "TASK_TYPE": "evaluator"},
+     "error: TASK_TYPE=evaluator needs WORKER_HOSTS"),
+    ({"DATA_DIR": "{shards}", "MODEL_DIR": "{tmp}/model", "WORKER_HOSTS": "a:1 b:1",
+      "TASK_INDEX": "0"}, "error: --worker_hosts entry 1 'a:1 b:1' contains whitespace"),
+    ({"DATA_DIR": "{shards}", "MODEL_DIR": "{tmp}/model", "TF_CONFIG": '{{"cluster": {{}}}}'},
+     "error: TF_CONFIG has no task"),
 ])
 def test_failure_paths_print_one_clear_line(tmp_path, env, message):
     if "NUM_GPUS" in env and os.path.exists("/dev/nvidia0"):
@@ -60,7 +69,10 @@ def test_failure_paths_print_one_clear_line(tmp_path, env, message):
     env = {key: value.format(tmp=tmp_path, shards=shards) for key, value in env.items()}
     result = _run(env)
     assert result.returncode == 1
-    assert message in result.stderr.strip().splitlines()[-1]
+    # imagenet_main's own errors come through the log's tee, on stdout.
+    last_lines = [output.strip().splitlines()[-1] for output in (result.stderr, result.stdout)
+                  if output.strip()]
+    assert any(message in line for line in last_lines), last_lines
     assert "Traceback" not in result.stderr
 
 

@@ -154,7 +154,9 @@ def define_performance(flag_values=flags.FLAGS):
 
 
 def define_distribution(flag_values=flags.FLAGS):
-    flags.DEFINE_integer("num_gpus", -1, "GPUs to use on this machine (-1: all visible).",
+    flags.DEFINE_integer("num_gpus", -1, "GPUs to use on this machine (-1: all visible); 0 runs "
+                         "everything on the CPU. An evaluator evaluates on one device and takes "
+                         "this as each training task's GPU count, for its batch.",
                          flag_values=flag_values)
     flags.DEFINE_integer("num_cpu_replicas", 1, "With --num_gpus=0: replicas over this many CPU "
                          "devices (for testing the multi-device path).", flag_values=flag_values)
@@ -170,6 +172,22 @@ def define_distribution(flag_values=flags.FLAGS):
                       "of TF_CONFIG); worker 0 is the chief.", flag_values=flag_values)
     flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts.",
                          flag_values=flag_values)
+    flags.DEFINE_enum("task_type", "worker", ["worker", "evaluator"], "With --worker_hosts: "
+                      "worker trains (index 0 is the chief); evaluator evaluates each new "
+                      "checkpoint of --model_dir while the workers train (--task_index unused).",
+                      flag_values=flag_values)
+    flags.DEFINE_boolean("slurm_cluster", False, "Build the cluster from the Slurm job step (start "
+                         "one task per node with srun): task 0 is the chief.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("slurm_port", 8888, "With --slurm_cluster: the port of a node's first task "
+                         "(the next tasks of the node take the following ports).",
+                         flag_values=flag_values)
+    flags.DEFINE_float("peer_timeout_secs", 600, "Multi-worker: give up with an error when the other "
+                       "training tasks have not all joined within this many seconds.",
+                       flag_values=flag_values)
+    flags.DEFINE_float("eval_throttle_secs", 600, "Evaluator: seconds at least between the starts of "
+                       "two evaluations (each evaluates the newest checkpoint).",
+                       flag_values=flag_values)
 
 
 def define_augmentation(flag_values=flags.FLAGS):

@@ -6,8 +6,9 @@ r"""Trains and evaluates Xception on ImageNet TFRecords with tf.estimator.
 Every hyperparameter is a flag (--helpfull lists them; --flagfile reads them from a file). The defaults
 are the paper's recipe. Re-running the same command resumes from the last checkpoint in --model_dir.
 On several machines, give each the same command plus --worker_hosts and its --task_index (or a
-TF_CONFIG) with --distribution_strategy=multi_worker_mirrored; evaluation then runs in a separate
-process whose TF_CONFIG task type is "evaluator".
+TF_CONFIG, or --slurm_cluster under srun) with --distribution_strategy=multi_worker_mirrored;
+evaluation then runs in a separate process, started with --task_type=evaluator (or a TF_CONFIG task of
+type "evaluator").
 """
 
 import contextlib
@@ -25,6 +26,7 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
+from official.xception import cluster
 from official.xception import dataset_info
 from official.xception import export
 from official.xception import flags_core
@@ -51,22 +53,39 @@ class Placement:
     num_cpu_devices: int
     is_chief: bool
     multi_worker: bool
+    num_gpus: int = 0
 
 
-def configure_cluster(worker_hosts, task_index):
-    """Sets TF_CONFIG from --worker_hosts/--task_index (unless given) and returns it as a dict."""
-    if worker_hosts:
-        if "TF_CONFIG" in os.environ:
-            raise PipelineError("both TF_CONFIG and --worker_hosts are set: use one of them")
-        if task_index is None or not 0 <= task_index < len(worker_hosts):
-            raise PipelineError(f"--task_index must be in [0, {len(worker_hosts)}) for "
-                                f"{len(worker_hosts)} --worker_hosts, got {task_index}")
-        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": list(worker_hosts)},
-                                              "task": {"type": "worker", "index": task_index}})
-    try:
-        return json.loads(os.environ.get("TF_CONFIG") or "{}")
-    except json.JSONDecodeError as error:
-        raise PipelineError(f"TF_CONFIG is not valid JSON ({error})") from None
+def configure_cluster(worker_hosts, task_index, task_type="worker", slurm_port=None):
+    """Sets TF_CONFIG from --worker_hosts/--task_index/--task_type or from Slurm's environment
+    (unless given), checks it and returns it as a dict.
+
+    Args:
+      worker_hosts: host:port of every training task (the chief first), or None.
+      task_index: this task's index in `worker_hosts`.
+      task_type: "worker" or "evaluator" (with `worker_hosts`).
+      slurm_port: build the cluster from the Slurm job step, tasks listening from this port; None
+        not to.
+    """
+    given = [name for name, present in (("TF_CONFIG", bool(os.environ.get("TF_CONFIG"))),
+                                        ("--worker_hosts", bool(worker_hosts)),
+                                        ("--slurm_cluster", slurm_port is not None)) if present]
+    if len(given) > 1:
+        raise PipelineError(f"both {given[0]} and {given[1]} are set: use one of them")
+    if task_type != "worker" and not worker_hosts:
+        raise PipelineError(f"--task_type={task_type} goes with --worker_hosts (with TF_CONFIG or "
+                            "--slurm_cluster the task type comes from there)")
+    if worker_hosts or slurm_port is not None:
+        tf_config = (cluster.tf_config_from_hosts(worker_hosts, task_index, task_type)
+                     if worker_hosts else cluster.tf_config_from_slurm(slurm_port))
+        os.environ["TF_CONFIG"] = json.dumps(tf_config)
+    else:
+        try:
+            tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        except json.JSONDecodeError as error:
+            raise PipelineError(f"TF_CONFIG is not valid JSON ({error})") from None
+    cluster.check_tf_config(tf_config)
+    return tf_config
 
 
 def _is_chief(tf_config):
@@ -96,20 +115,40 @@ def _cross_device_ops(all_reduce_alg, on_gpus):
     return choices[algorithm]()
 
 
-def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf_config):
-    """The distribution strategy for the flags; raises PipelineError for impossible combinations."""
+def _use_first_gpus(count):
+    """Hides the GPUs past the first `count` from TensorFlow (all of them for 0), so that nothing,
+    including MultiWorkerMirroredStrategy's choice of devices, lands on them."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if count < len(gpus):
+        try:
+            tf.config.set_visible_devices(gpus[:count], "GPU")
+        except RuntimeError:
+            # Too late once TensorFlow's runtime has started; the session config still hides them.
+            logging.warning("Could not hide GPUs past the first %d: TensorFlow already uses them",
+                            count)
+
+
+def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf_config,
+                   peer_timeout_secs=600):
+    """The distribution strategy for the flags; raises PipelineError for impossible combinations.
+
+    A multi-worker strategy waits for every training task of `tf_config`; after `peer_timeout_secs`
+    without them the process ends with a one-line error.
+    """
     visible_gpus = len(tf.config.list_physical_devices("GPU"))
     if num_gpus < 0:
         num_gpus = visible_gpus
-    if num_gpus > visible_gpus:
+    task_type = tf_config.get("task", {}).get("type")
+    # An evaluator's --num_gpus is each training task's, which sets its batch; it uses one device.
+    if num_gpus > visible_gpus and task_type != cluster.EVALUATOR:
         raise PipelineError(f"--num_gpus={num_gpus} but this machine has {visible_gpus} visible GPUs")
+    _use_first_gpus(min(num_gpus, visible_gpus))
     if num_cpu_replicas < 1:
         raise PipelineError(f"--num_cpu_replicas must be at least 1, got {num_cpu_replicas}")
     if num_gpus and num_cpu_replicas > 1:
         raise PipelineError("--num_cpu_replicas is for machines without GPUs: pass --num_gpus=0")
     devices = ([f"/gpu:{i}" for i in range(num_gpus)] if num_gpus
                else [f"/cpu:{i}" for i in range(num_cpu_replicas)])
-    task_type = tf_config.get("task", {}).get("type")
     is_chief = _is_chief(tf_config)
 
     if strategy_name == "multi_worker_mirrored" or tf_config.get("cluster"):
@@ -119,9 +158,13 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
         if not tf_config.get("cluster"):
             raise PipelineError("--distribution_strategy=multi_worker_mirrored needs TF_CONFIG or "
                                 "--worker_hosts and --task_index")
-        if task_type == "evaluator":
-            # The evaluator reads the chief's checkpoints and trains nothing.
-            return Placement(None, 1, 1, False, True)
+        if peer_timeout_secs <= 0:
+            raise PipelineError(f"--peer_timeout_secs must be positive, got {peer_timeout_secs:g}")
+        if task_type == cluster.EVALUATOR:
+            # The evaluator reads the chief's checkpoints on one device and trains nothing; its
+            # batch is the training replicas'.
+            return Placement(None, cluster.training_task_count(tf_config) * len(devices), 1, False,
+                             True, min(num_gpus, visible_gpus, 1))
         implementation = {
             None: tf.distribute.experimental.CommunicationImplementation.AUTO,
             "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
@@ -131,23 +174,26 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
         if all_reduce_alg not in implementation:
             raise PipelineError(f"--all_reduce_alg={all_reduce_alg} is for mirrored; "
                                 "multi_worker_mirrored takes ring, nccl or auto")
-        strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy(
-            communication=implementation[all_reduce_alg])
-        return Placement(strategy, strategy.num_replicas_in_sync, 1, is_chief, True)
+        strategy = cluster.join_cluster(
+            functools.partial(tf.distribute.experimental.MultiWorkerMirroredStrategy,
+                              communication=implementation[all_reduce_alg]),
+            tf_config, peer_timeout_secs)
+        return Placement(strategy, strategy.num_replicas_in_sync, 1, is_chief, True, num_gpus)
 
     if strategy_name == "off" or (strategy_name == "mirrored" and len(devices) == 1):
         if len(devices) > 1:
             raise PipelineError("--distribution_strategy=off runs on one device: pass --num_gpus=1 "
                                 "(or 0) and --num_cpu_replicas=1, or use mirrored")
-        return Placement(None, 1, 1, True, False)
+        return Placement(None, 1, 1, True, False, num_gpus)
     if strategy_name == "one_device":
-        return Placement(tf.distribute.OneDeviceStrategy(devices[0]), 1, 1, True, False)
+        return Placement(tf.distribute.OneDeviceStrategy(devices[0]), 1, 1, True, False, num_gpus)
     # Built outside eager mode: eager knows one CPU device, the Estimator's sessions get
     # num_cpu_replicas of them from the RunConfig's session_config.
     with tf.Graph().as_default():
         strategy = tf.distribute.MirroredStrategy(
             devices=devices, cross_device_ops=_cross_device_ops(all_reduce_alg, bool(num_gpus)))
-    return Placement(strategy, len(devices), 1 if num_gpus else num_cpu_replicas, True, False)
+    return Placement(strategy, len(devices), 1 if num_gpus else num_cpu_replicas, True, False,
+                     num_gpus)
 
 
 def per_replica_batch_size(global_batch_size, num_replicas):
@@ -165,13 +211,9 @@ def training_cycle_ends(total_steps, steps_per_epoch, epochs_between_evals):
     return list(range(cycle_steps, total_steps, cycle_steps)) + [total_steps]
 
 
-def _default_data_format():
-    return "channels_first" if tf.config.list_physical_devices("GPU") else "channels_last"
-
-
 def make_model_config(flags_obj, global_batch_size):
     compute_dtype = flags_core.DTYPES[flags_obj.dtype]
-    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    has_gpu = flags_obj.num_gpus != 0 and bool(tf.config.list_physical_devices("GPU"))
     if compute_dtype == "float16" and not has_gpu:
         raise PipelineError("--dtype=fp16 needs a GPU (CPU kernels lack float16 convolutions); "
                             "use --dtype=bf16 on CPU")
@@ -190,7 +232,10 @@ def make_model_config(flags_obj, global_batch_size):
         raise PipelineError(f"--lr_boundary_epochs must be numbers, got "
                             f"{flags_obj.lr_boundary_epochs}") from None
     xception_model.check_image_size(flags_obj.image_size)
-    data_format = flags_obj.data_format or _default_data_format()
+    data_format = flags_obj.data_format or ("channels_first" if has_gpu else "channels_last")
+    if data_format == "channels_first" and not has_gpu:
+        raise PipelineError("--data_format=channels_first needs a GPU and --num_gpus=0 trains on the "
+                            "CPU: use --data_format=channels_last")
     xception_model.check_data_format_supported(data_format)
     if flags_obj.train_examples < 1:
         raise PipelineError(f"--train_examples must be positive, got {flags_obj.train_examples}")
@@ -237,6 +282,9 @@ def make_run_config(flags_obj, placement):
     if placement.num_cpu_devices > 1:
         # Without it, MirroredStrategy over /cpu:1 hangs at the first step with no error.
         session_config.device_count["CPU"] = placement.num_cpu_devices
+    if not placement.num_gpus:
+        # Soft placement would otherwise put ops without a device on a GPU the machine has.
+        session_config.device_count["GPU"] = 0
     if flags_obj.enable_xla:
         if not tf.config.list_physical_devices("GPU"):
             logging.warning("--enable_xla on CPU: expect it to be several times slower")
@@ -482,6 +530,14 @@ def _log_evaluation(results, expected_examples, counted_examples_exact, skip_cor
                         "validation set?", results[model_fn_lib.EVAL_EXAMPLES_KEY], expected_examples)
 
 
+def checkpoint_step(model_dir):
+    """The global step of the last checkpoint in `model_dir`, 0 without one."""
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest is None:
+        return 0
+    return int(tf.train.load_checkpoint(latest).get_tensor(tf.compat.v1.GraphKeys.GLOBAL_STEP))
+
+
 def run(flags_obj, model_builder=None):
     """Trains and/or evaluates as the flags say; returns the last evaluation's results (or {})."""
     if not flags_obj.model_dir:
@@ -497,11 +553,13 @@ def run(flags_obj, model_builder=None):
         export_latest(flags_obj, info, model_builder)
         return {}
     info = apply_dataset_info(flags_obj)
-    tf_config = configure_cluster(flags_obj.worker_hosts, flags_obj.task_index)
+    tf_config = configure_cluster(flags_obj.worker_hosts, flags_obj.task_index, flags_obj.task_type,
+                                  flags_obj.slurm_port if flags_obj.slurm_cluster else None)
     if not flags_obj.eval_only:
         run_safety.lock_model_dir(flags_obj.model_dir, run_safety.task_name(tf_config))
     placement = make_placement(flags_obj.distribution_strategy, flags_obj.num_gpus,
-                               flags_obj.num_cpu_replicas, flags_obj.all_reduce_alg, tf_config)
+                               flags_obj.num_cpu_replicas, flags_obj.all_reduce_alg, tf_config,
+                               flags_obj.peer_timeout_secs)
     global_batch = flags_obj.batch_size
     batch_size = per_replica_batch_size(global_batch, placement.num_replicas)
     model_config = make_model_config(flags_obj, global_batch)
@@ -545,16 +603,35 @@ def run(flags_obj, model_builder=None):
                             flags_obj.skip_corrupt_records)
             return results
 
+        def train_input_fn_from(start_step):
+            if flags_obj.use_synthetic_data:
+                return train_input_fn
+            return functools.partial(train_input_fn, start_step=start_step)
+
         results = {}
-        if placement.multi_worker:
+        done_steps = checkpoint_step(flags_obj.model_dir)
+        # An evaluator that starts late still evaluates the final checkpoint, once.
+        is_evaluator = tf_config.get("task", {}).get("type") == cluster.EVALUATOR
+        if done_steps >= total_steps and not is_evaluator:
+            logging.info("--model_dir=%s is at global step %d, the last step is %d: nothing left to "
+                         "train or evaluate", flags_obj.model_dir, done_steps, total_steps)
+        elif placement.multi_worker:
             tf.estimator.train_and_evaluate(
                 estimator,
-                tf.estimator.TrainSpec(train_input_fn, max_steps=total_steps, hooks=train_hooks),
-                tf.estimator.EvalSpec(eval_input_fn, steps=eval_steps, throttle_secs=600))
+                tf.estimator.TrainSpec(train_input_fn_from(done_steps), max_steps=total_steps,
+                                       hooks=train_hooks),
+                tf.estimator.EvalSpec(eval_input_fn, steps=eval_steps, start_delay_secs=0,
+                                      throttle_secs=flags_obj.eval_throttle_secs))
         else:
-            for cycle_end in training_cycle_ends(total_steps, steps_per_epoch,
-                                                 flags_obj.epochs_between_evals):
-                estimator.train(train_input_fn, max_steps=cycle_end, hooks=train_hooks)
+            cycle_ends = [end for end in training_cycle_ends(total_steps, steps_per_epoch,
+                                                             flags_obj.epochs_between_evals)
+                          if end > done_steps]
+            if done_steps:
+                logging.info("Resuming at global step %d: %d training cycles left", done_steps,
+                             len(cycle_ends))
+            for cycle_end in cycle_ends:
+                estimator.train(train_input_fn_from(checkpoint_step(flags_obj.model_dir)),
+                                max_steps=cycle_end, hooks=train_hooks)
                 results = estimator.evaluate(eval_input_fn, steps=eval_steps)
                 _log_evaluation(results, flags_obj.eval_examples, count_is_exact,
                                 flags_obj.skip_corrupt_records)

@@ -9,10 +9,12 @@ Evaluation: every record exactly once, in a fixed order (files sorted by name, r
 with a final partial batch.
 """
 
+import hashlib
 import os
 import re
 import threading
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -118,7 +120,24 @@ def list_input_files(data_dir, is_training, input_context=None, allow_incomplete
         raise PipelineError(
             f"only {len(files)} files match {pattern} for {count} input pipelines (workers): "
             "write at least one shard per worker")
+    if len(files) % count and input_context.input_pipeline_id == 0:
+        # Every worker takes the same number of steps, so a worker with one file fewer goes
+        # through its records more often: by 1/(files per worker) at most.
+        fewer = len(files) // count
+        logging.warning(
+            "%d files matching %s do not divide evenly among %d workers: %d read %d files, the "
+            "others %d, so the records of the latter are seen up to %.1f%% more often; use a shard "
+            "count that is a multiple of the worker count to avoid it", len(files), pattern, count,
+            len(files) % count, fewer + 1, fewer, 100.0 / fewer)
     return files[input_context.input_pipeline_id::count]
+
+
+def shuffle_seed(seed, input_pipeline_id, start_step):
+    """The seed of one input pipeline's file and record order, from --seed, the pipeline (worker)
+    index and the global step training starts from: workers, training cycles and resumed runs each
+    draw their own order, while the same three values always give the same one."""
+    digest = hashlib.sha256(f"{seed}/{input_pipeline_id}/{start_step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # a non-negative int64
 
 
 def _parse_record(serialized, num_classes, label_offset, with_boxes):
@@ -186,10 +205,10 @@ def data_error_message(error):
     return f"{match.group(1)} {match.group(2)}" if match else None
 
 
-def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1000, label_offset=1,
-             dtype=tf.float32, shuffle_buffer=10000,
+def input_fn(is_training, data_dir, batch_size, input_context=None, *, image_size=299,
+             num_classes=1000, label_offset=1, dtype=tf.float32, shuffle_buffer=10000,
              augmentation=preprocessing.AugmentationConfig(), eval_central_fraction=0.875,
-             datasets_num_private_threads=None, input_context=None, seed=None,
+             datasets_num_private_threads=None, seed=None, start_step=0,
              allow_incomplete_shards=False, skip_corrupt_records=False):
     """A tf.data.Dataset of (images [B, S, S, 3] `dtype` in [-1, 1], labels int32 [B]).
 
@@ -208,8 +227,12 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
       eval_central_fraction: fraction of each side kept by the evaluation central crop.
       datasets_num_private_threads: size of a private tf.data thread pool (None: TF's shared pool).
       input_context: tf.distribute.InputContext; each input pipeline then reads a disjoint set of files.
+        It is a positional-or-keyword parameter because the Estimator passes it only to input
+        functions whose positional parameters name it (bind the others with functools.partial).
       seed: fixes the file and record shuffling order (the order of training batches becomes
         deterministic, at some cost in speed); the random crops and flips stay unseeded.
+      start_step: the global step training starts from; with `seed`, the order depends on it and on
+        the input pipeline's index (see `shuffle_seed`).
       allow_incomplete_shards: read the shards present even when some of their set are missing.
 
     Raises:
@@ -227,6 +250,9 @@ def input_fn(is_training, data_dir, batch_size, *, image_size=299, num_classes=1
     preprocessing.check_central_fraction(eval_central_fraction)
     dtype = preprocessing.check_output_dtype(dtype)
     files = list_input_files(data_dir, is_training, input_context, allow_incomplete_shards)
+    if seed is not None:
+        seed = shuffle_seed(seed, input_context.input_pipeline_id if input_context else 0,
+                            start_step)
 
     def read_records(paths):
         records = tf.data.TFRecordDataset(paths, buffer_size=_READ_BUFFER_BYTES)
