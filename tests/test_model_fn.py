@@ -152,9 +152,11 @@ def _inference_logits(checkpoint, images, names_in_checkpoint):
     return model(images, training=False).numpy(), model(images, training=True).numpy()
 
 
-def test_training_moves_batch_norm_statistics_and_evaluation_uses_them_with_averaged_weights(
-        tmp_path):
-    config = _model_config(moving_average_decay=0.5)
+@pytest.mark.parametrize("average_statistics", [True, False])
+def test_training_moves_batch_norm_statistics_and_evaluation_uses_the_averages(tmp_path,
+                                                                              average_statistics):
+    config = _model_config(moving_average_decay=0.5,
+                           average_batch_norm_statistics=average_statistics)
     images, labels = _batch(seed=2, size=16)
     estimator = _estimator(tmp_path, config)
     estimator.train(_numpy_input_fn(images, labels, 8), steps=4)
@@ -169,9 +171,15 @@ def test_training_moves_batch_norm_statistics_and_evaluation_uses_them_with_aver
                  "block2_sepconv1/depthwise_kernel", "block2_sepconv1/pointwise_kernel",
                  "block2_sepconv1_bn/gamma", "block2_sepconv1_bn/beta", "predictions/kernel",
                  "predictions/bias"]
-    averages = {name: name + "/ExponentialMovingAverage" for name in trainable}
-    assert not np.allclose(reader.get_tensor("predictions/kernel"),
-                           reader.get_tensor(averages["predictions/kernel"]))
+    statistics = [f"{layer}/{statistic}" for layer in ("block1_conv1_bn", "block2_sepconv1_bn")
+                  for statistic in ("moving_mean", "moving_variance")]
+    averaged = trainable + statistics if average_statistics else trainable
+    averages = {name: name + "/ExponentialMovingAverage" for name in averaged}
+    in_checkpoint = set(reader.get_variable_to_shape_map())
+    assert {name for name in in_checkpoint if name.endswith("/ExponentialMovingAverage")} == set(
+        averages.values())
+    for name in averaged:
+        assert not np.allclose(reader.get_tensor(name), reader.get_tensor(averages[name])), name
     inference, batch_statistics = _inference_logits(checkpoint, images[:8], averages)
     assert np.abs(inference - batch_statistics).max() > 1e-3  # the oracle tells the two apart
 
