@@ -12,6 +12,7 @@ from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
 from official.xception import xception_model
 from official.xception.errors import PipelineError
+from tests import export_fixtures
 from tests import record_fixtures
 from tests import tiny_network
 
@@ -204,6 +205,34 @@ def test_checkpoint_without_averages_evaluates_raw_weights_with_a_warning(tmp_pa
     inference, _ = _inference_logits(tf.train.latest_checkpoint(str(tmp_path)), images, {})
     expected = -_log_softmax(inference.astype(np.float64))[np.arange(8), labels].mean()
     assert results[model_fn_lib.EVAL_CROSS_ENTROPY_KEY] == pytest.approx(expected, rel=1e-4)
+
+
+def test_evaluation_cross_entropy_is_the_plain_nll_under_label_smoothing(tmp_path):
+    config = _model_config(label_smoothing=0.3)
+    images, labels = _batch(seed=6)
+    estimator = _estimator(tmp_path, config)
+    estimator.train(_numpy_input_fn(images, labels, 8), steps=1)
+    results = estimator.evaluate(_numpy_input_fn(images, labels, 8, repeat=False))
+    inference, _ = _inference_logits(tf.train.latest_checkpoint(str(tmp_path)), images, {})
+    log_probabilities = _log_softmax(inference.astype(np.float64))
+    nll = -log_probabilities[np.arange(8), labels].mean()
+    targets = np.eye(NUM_CLASSES)[labels] * 0.7 + 0.3 / NUM_CLASSES
+    smoothed = -(targets * log_probabilities).sum(axis=1).mean()
+    assert abs(nll - smoothed) > 10 * 1e-4 * nll  # far outside the tolerance below
+    assert results[model_fn_lib.EVAL_CROSS_ENTROPY_KEY] == pytest.approx(nll, rel=1e-4)
+
+
+def test_a_checkpoint_with_the_averages_of_only_some_weights_is_an_error(tmp_path):
+    config = _model_config(moving_average_decay=0.9)
+    images, labels = _batch(seed=8)
+    estimator = _estimator(tmp_path, config)
+    estimator.train(_numpy_input_fn(images, labels, 8), steps=1)
+    export_fixtures.rewrite_checkpoint_without(tf.train.latest_checkpoint(str(tmp_path)),
+                                               "predictions/bias/ExponentialMovingAverage")
+    with pytest.raises(PipelineError, match=r"moving averages of only 8 of 9 trainable variables "
+                                            r"\(not of predictions/bias\)") as raised:
+        estimator.evaluate(_numpy_input_fn(images, labels, 8, repeat=False))
+    assert "\n" not in str(raised.value)
 
 
 def test_evaluation_counts_every_record_once_with_a_partial_last_batch(tmp_path):

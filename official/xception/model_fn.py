@@ -347,7 +347,8 @@ def averaged_weights_saver(checkpoint_path, weights, statistics=()):
     averages = tf.train.ExponentialMovingAverage(decay=0.0)
     weights = [underlying_variable(v) for v in weights]
     statistics = [underlying_variable(v) for v in statistics]
-    averaged_weights = _with_averages(checkpoint_path, weights, in_checkpoint, "weights")
+    averaged_weights = _with_averages(checkpoint_path, weights, in_checkpoint,
+                                      "trainable variables")
     if not averaged_weights:
         logging.warning("%s has no moving averages of the weights: evaluating the raw weights",
                         checkpoint_path)
