@@ -1,6 +1,6 @@
 """Mixed precision through imagenet_main on {one device, two CPU replicas} x {fp32, bf16}: training,
-evaluation on the averages of every weight (by count in the log and by value against the export) and
-export; and the fp16 training graph with loss scaling on two replicas (CPU has no float16 convolution
+evaluation on the averages of every trainable variable (by count in the log and by value against the
+export) and export; and the fp16 training graph with loss scaling on two replicas (CPU has no float16 convolution
 kernels to run it)."""
 
 import dataclasses
@@ -23,11 +23,15 @@ IMAGE_SIZE = 71
 NUM_CLASSES = 3
 EVAL_EXAMPLES = 6
 TRAIN_STEPS = 3
-# tiny_network: 9 trainable variables, and the moving mean and variance of its 2 batch-norm layers.
-AVERAGES_LINE = ("Evaluating the averages of 9 of 9 trainable variables and of 4 of 4 batch-norm "
-                 "moving statistics")
+# tiny_network has 9 trainable variables and 4 batch-norm moving statistics (averaged on request).
+AVERAGES_LINE = {
+    False: "Evaluating the averages of 9 of 9 trainable variables (batch-norm moving statistics as "
+           "trained)",
+    True: "Evaluating the averages of 9 of 9 trainable variables and of 4 of 4 batch-norm moving "
+          "statistics",
+}
 # Logits of the Estimator (computing in the training dtype) against the float32 export, relative to the
-# largest logit; bf16 differs by about 1% here.
+# largest logit (or 1); bf16 differs by about 1% here.
 TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}
 
 
@@ -45,7 +49,10 @@ def data_dir(tmp_path_factory):
 def _flags(**values):
     settings = dict(batch_size=4, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES, train_examples=16,
                     eval_examples=EVAL_EXAMPLES, shuffle_buffer=16, base_learning_rate=0.2,
-                    base_batch_size=4, moving_average_decay=0.5, num_gpus=0, log_steps=10, seed=1)
+                    base_batch_size=4, moving_average_decay=0.5, num_gpus=0, log_steps=10, seed=1,
+                    # The same training every run: no random crops, flips or colours (they are unseeded).
+                    crop_area_range="1.0,1.0", crop_aspect_ratio_range="0.75,1.34", random_flip=False,
+                    color_distortion=False)
     settings.update(values)
     flag_values = flags.FlagValues()
     flags_core.define_all(flag_values)
@@ -76,18 +83,23 @@ def _nll(logits, labels):
     return -log_probabilities[np.arange(len(labels)), labels].mean()
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype, replicas, average_statistics", [
+    ("fp32", 1, False), ("fp32", 2, False), ("bf16", 1, False), ("bf16", 2, False),
+    ("bf16", 2, True),
+])
 def test_trains_evaluates_on_the_averages_of_every_weight_and_exports(data_dir, tmp_path, caplog,
-                                                                       dtype, replicas):
+                                                                       dtype, replicas,
+                                                                       average_statistics):
     flag_values = _flags(data_dir=data_dir, model_dir=tmp_path / "model",
                          export_dir=tmp_path / "export", dtype=dtype, num_cpu_replicas=replicas,
-                         max_train_steps=TRAIN_STEPS)
+                         max_train_steps=TRAIN_STEPS,
+                         average_batch_norm_statistics=average_statistics)
     with caplog.at_level("INFO", logger="absl"):
         results = imagenet_main.run(flag_values, model_builder=tiny_network.tiny_network)
     assert results["global_step"] == TRAIN_STEPS
     assert results[model_fn_lib.EVAL_EXAMPLES_KEY] == EVAL_EXAMPLES
-    assert any(AVERAGES_LINE in record.getMessage() for record in caplog.records)
+    assert any(AVERAGES_LINE[average_statistics] in record.getMessage()
+               for record in caplog.records)
     (version,) = os.listdir(tmp_path / "export")
     exported = tf.saved_model.load(str(tmp_path / "export" / version))
 
@@ -103,7 +115,7 @@ def test_trains_evaluates_on_the_averages_of_every_weight_and_exports(data_dir, 
         lambda: input_pipeline.input_fn(False, data_dir, 4, image_size=IMAGE_SIZE,
                                         num_classes=NUM_CLASSES, dtype=tf_dtype))])
 
-    tolerance = TOLERANCE[dtype] * np.abs(export_logits).max()
+    tolerance = TOLERANCE[dtype] * max(1.0, np.abs(export_logits).max())
     np.testing.assert_allclose(estimator_logits, export_logits, rtol=0, atol=tolerance)
     # The oracle tells averages from raw weights apart by far more than the tolerance.
     assert np.abs(_raw_weight_logits(tmp_path / "model", images) - export_logits).max() > 5 * tolerance
@@ -126,7 +138,8 @@ class _StopBeforeRunning(tf.estimator.SessionRunHook):
 
 
 def test_fp16_training_graph_with_loss_scaling_builds_on_two_replicas(tmp_path):
-    flag_values = _flags(model_dir=tmp_path, use_synthetic_data=True, num_cpu_replicas=2)
+    flag_values = _flags(model_dir=tmp_path, use_synthetic_data=True, num_cpu_replicas=2,
+                         average_batch_norm_statistics=True)
     placement = imagenet_main.make_placement("mirrored", 0, 2, None, {})
     # make_model_config refuses fp16 without a GPU, before anything runs.
     model_config = dataclasses.replace(

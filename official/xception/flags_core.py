@@ -122,9 +122,10 @@ def define_optimization(flag_values=flags.FLAGS):
                        "(5 for large batches, Goyal et al.).", flag_values=flag_values)
     flags.DEFINE_float("moving_average_decay", 0.9999, "Polyak averaging of the weights; evaluation "
                        "uses the averages. 0 turns it off.", flag_values=flag_values)
-    flags.DEFINE_boolean("average_batch_norm_statistics", True, "The Polyak averages also cover "
+    flags.DEFINE_boolean("average_batch_norm_statistics", False, "The Polyak averages also cover "
                          "batch norm's moving mean and variance (as TensorFlow's Inception trainer "
-                         "does); evaluation uses them where the checkpoint has them.",
+                         "does; evaluation was worse with them on a short run); evaluation and "
+                         "export use them wherever the checkpoint has them.",
                          flag_values=flag_values)
 
 

@@ -114,8 +114,9 @@ class ModelConfig:
     rmsprop_decay: float = 0.9
     rmsprop_epsilon: float = 1.0
     moving_average_decay: float = 0.9999
-    # Whether the Polyak averages also cover batch norm's moving mean and variance.
-    average_batch_norm_statistics: bool = True
+    # Whether the Polyak averages also cover batch norm's moving mean and variance (off by default:
+    # evaluation with them was worse on a short real run, see the README).
+    average_batch_norm_statistics: bool = False
     # float16 only: "dynamic" or a fixed number.
     loss_scale: Union[str, float] = "dynamic"
     fine_tune: bool = False
@@ -361,9 +362,14 @@ def averaged_weights_saver(checkpoint_path, weights, statistics=()):
         name = (averages.average_name(variable) if variable.ref() in averaged
                 else _variable_name(variable))
         mapping[name] = variable
-    logging.info("Evaluating the averages of %d of %d trainable variables and of %d of %d batch-norm "
-                 "moving statistics from %s", len(averaged_weights), len(weights),
-                 len(averaged_statistics), len(statistics), checkpoint_path)
+    if averaged_statistics:
+        logging.info("Evaluating the averages of %d of %d trainable variables and of %d of %d "
+                     "batch-norm moving statistics from %s", len(averaged_weights), len(weights),
+                     len(averaged_statistics), len(statistics), checkpoint_path)
+    else:
+        logging.info("Evaluating the averages of %d of %d trainable variables (batch-norm moving "
+                     "statistics as trained) from %s", len(averaged_weights), len(weights),
+                     checkpoint_path)
     return tf.compat.v1.train.Saver(mapping)
 
 
