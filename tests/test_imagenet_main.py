@@ -82,13 +82,13 @@ def test_short_training_learns_colour_classes_well_above_chance(data_dir, tmp_pa
 
 
 def test_the_same_seed_gives_the_same_run_and_another_seed_another(data_dir, tmp_path):
-    # --seed fixes the initial weights, dropout masks and record order; the random crops and flips are
-    # unseeded by design, so they are turned off here (the whole image, unflipped).
+    # --seed fixes the initial weights, dropout masks and record order; the random crops, flips and
+    # colour distortion are unseeded by design, so they are turned off here (the whole image as is).
     runs = {}
     for name, seed in (("first", 5), ("again", 5), ("other", 6)):
         _run(data_dir=data_dir, model_dir=tmp_path / name, seed=seed, max_train_steps=2,
              dropout_rate=0.5, crop_area_range="1.0,1.0", crop_aspect_ratio_range="0.75,1.34",
-             random_flip=False)
+             random_flip=False, color_distortion=False)
         runs[name] = _checkpoint_values(tmp_path / name)
     assert set(runs["first"]) == set(runs["again"])
     for name, value in runs["first"].items():
