@@ -104,6 +104,7 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another(data_dir, tmp
     (dict(hooks="LoggingTensorHook,NoSuchHook"), "--hooks: unknown hook 'NoSuchHook'"),
     (dict(distribution_strategy="multi_worker_mirrored"), "needs TF_CONFIG or --worker_hosts"),
     (dict(fine_tune=True), "--fine_tune"),
+    (dict(average_batch_norm_statistics=True), "--average_batch_norm_statistics needs Polyak"),
     (dict(eval_only=True), "holds no checkpoint"),
 ])
 def test_bad_flags_fail_in_one_line(data_dir, tmp_path, values, message):

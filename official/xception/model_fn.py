@@ -135,6 +135,9 @@ class ModelConfig:
             raise PipelineError(
                 f"--moving_average_decay must be in [0, 1) (0 turns averaging off), "
                 f"got {self.moving_average_decay}")
+        if self.average_batch_norm_statistics and self.moving_average_decay == 0:
+            raise PipelineError("--average_batch_norm_statistics needs Polyak averaging: set "
+                                "--moving_average_decay (e.g. 0.9999)")
         if self.num_classes < 2:
             raise PipelineError(f"--num_classes must be at least 2, got {self.num_classes}")
         if self.fine_tune and not self.warm_start_checkpoint:
