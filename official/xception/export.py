@@ -2,8 +2,7 @@
 
 The SavedModel is written the TensorFlow 2 way, from an eager copy of the network whose variables are
 read from the checkpoint by name (the Polyak averages of every weight, and of the batch-norm moving
-statistics, where the checkpoint has them). It has a dynamic
-batch dimension and two signatures:
+statistics, where the checkpoint has them). It has a dynamic batch dimension and two signatures:
 
 - `serving_default`: `image_bytes` (string [None], JPEG or PNG) through exactly the evaluation
   preprocessing of the training pipeline;
