@@ -1,6 +1,7 @@
 r"""Training throughput: our Estimator pipeline against Keras's own Xception + model.fit, side by side.
 
-    python -m benchmarks.bench_training --image_size=96 --batch_size=16 --rounds=5
+    python -m benchmarks.bench_training --image_size=96 --batch_size=16 --rounds=5 \
+        --dtype=fp32 --dtype=bf16
 
 Both sides train on the same synthetic batch (one batch repeated, no input cost), in the same dtype,
 with Xception forward + backward, batch-norm statistics updated and momentum SGD. The Estimator side is
@@ -15,8 +16,8 @@ schedule), synthetic input_fn and default training hooks, built from imagenet_ma
 A third side steps the Estimator side's own graph with a bare tf.compat.v1.Session loop, so that the
 Estimator's loop and hooks are told apart from the graph they run.
 
-Rounds alternate (Estimator, bare Session, Keras, Estimator, ...) and the medians over rounds count, so
-load from other processes on a shared machine hurts all alike. Prints images per wall second and per
+Rounds alternate (Estimator, bare Session, Keras, Estimator, ...; each in every --dtype) and the medians
+over rounds count, so load from other processes on a shared machine hurts all alike. Prints images per wall second and per
 CPU second (this process, all threads: steadier under load) of each, the ratios of the Estimator to
 Keras (goal >= 1.0) and to the bare Session, and the achieved FLOP/s against this machine's matmul
 peak, measured in every round too (8.4 G multiply-adds forward per 299x299 image, about 3x that per
@@ -43,7 +44,9 @@ flags.DEFINE_integer("image_size", 96, "Square image side.")
 flags.DEFINE_integer("batch_size", 16, "Batch size of both pipelines.")
 flags.DEFINE_integer("steps", 15, "Timed training steps per pipeline and round.")
 flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (graph optimization, allocation).")
-flags.DEFINE_enum("dtype", "fp32", ["fp32", "bf16"], "Compute type of both pipelines.")
+flags.DEFINE_multi_enum("dtype", ["fp32"], ["fp32", "bf16"], "Compute type of every side; repeat "
+                        "the flag (--dtype=fp32 --dtype=bf16) to run each side in each type within "
+                        "every round and print the bf16/fp32 speed-up.")
 flags.DEFINE_enum("recipe", "bare", ["bare", "paper"], "Work per step besides forward, backward, "
                   "batch-norm updates and momentum SGD (see the module docstring).")
 flags.DEFINE_integer("rounds", 5, "Alternating rounds (Estimator, bare Session, Keras, ...); the "
@@ -223,46 +226,61 @@ def _listed(values, digits=2):
     return ", ".join(f"{value:.{digits}f}" for value in values)
 
 
+def _print_ratios(label, numerators, denominators, note):
+    ratios = [ours / theirs for ours, theirs in zip(numerators, denominators)]
+    median_ratio = statistics.median(numerators) / statistics.median(denominators)
+    print(f"    ratio {label} {median_ratio:.3f} of the medians, per round {_listed(ratios, 3)} "
+          f"({note})")
+
+
 def main(_):
     logging_setup.log_through_absl_only()
     if FLAGS.rounds < 1 or FLAGS.steps < 1 or FLAGS.warmup_steps < 1:
         sys.exit("error: --rounds, --steps and --warmup_steps must be at least 1")
+    dtypes = list(dict.fromkeys(FLAGS.dtype))
     train_flops_per_image = 3 * 2 * FORWARD_MULTIPLY_ADDS_299 * (FLAGS.image_size / 299) ** 2
-    setup = dict(image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
-                 recipe=FLAGS.recipe, steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps)
+    setup = dict(image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, recipe=FLAGS.recipe,
+                 steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps)
     sides = [("Estimator", estimator_images_per_sec), ("bare Session", session_images_per_sec),
              ("Keras model.fit", keras_images_per_sec)]
-    rounds = {name: [] for name, _ in sides}
-    peak_rounds = []
+    runs = [(name, dtype) for name, _ in sides for dtype in dtypes]
+    rounds = {run: [] for run in runs}
+    peak_rounds = {dtype: [] for dtype in dtypes}
     for round_index in range(FLAGS.rounds):
         for name, images_per_sec in sides:
-            rounds[name].append(images_per_sec(**setup))
-        peak_rounds.append(matmul_peak_flops(FLAGS.matmul_size, FLAGS.dtype))
-        measured = ", ".join(f"{name} {rounds[name][-1][0]:.2f} ({rounds[name][-1][1]:.2f})"
-                             for name, _ in sides)
-        print(f"round {round_index + 1}/{FLAGS.rounds}: images/s (per CPU-s) {measured}, "
-              f"matmul {peak_rounds[-1] / 1e9:.0f} GFLOP/s", file=sys.stderr, flush=True)
-    peak = statistics.median(peak_rounds)
+            for dtype in dtypes:
+                rounds[name, dtype].append(images_per_sec(dtype=dtype, **setup))
+        for dtype in dtypes:
+            peak_rounds[dtype].append(matmul_peak_flops(FLAGS.matmul_size, dtype))
+        measured = ", ".join(f"{name} {dtype} {rounds[name, dtype][-1][0]:.2f} "
+                             f"({rounds[name, dtype][-1][1]:.2f})" for name, dtype in runs)
+        peaks = ", ".join(f"{dtype} {peak_rounds[dtype][-1] / 1e9:.0f}" for dtype in dtypes)
+        print(f"round {round_index + 1}/{FLAGS.rounds}: images/s (per CPU-s) {measured}; "
+              f"matmul GFLOP/s {peaks}", file=sys.stderr, flush=True)
     print(f"Xception training, {FLAGS.image_size}x{FLAGS.image_size}, batch {FLAGS.batch_size}, "
-          f"{FLAGS.dtype}, recipe {FLAGS.recipe}, {FLAGS.steps} timed steps after "
+          f"{'/'.join(dtypes)}, recipe {FLAGS.recipe}, {FLAGS.steps} timed steps after "
           f"{FLAGS.warmup_steps}, median of {FLAGS.rounds} alternating rounds:")
-    for name, _ in sides:
-        rate = statistics.median(wall for wall, _ in rounds[name])
-        per_cpu_second = statistics.median(cpu for _, cpu in rounds[name])
+    for name, dtype in runs:
+        peak = statistics.median(peak_rounds[dtype])
+        rate = statistics.median(wall for wall, _ in rounds[name, dtype])
+        per_cpu_second = statistics.median(cpu for _, cpu in rounds[name, dtype])
         achieved = rate * train_flops_per_image
-        print(f"  {name:22s} {rate:8.2f} images/s ({per_cpu_second:.2f} per CPU-second)  "
+        print(f"  {name:16s} {dtype}  {rate:8.2f} images/s ({per_cpu_second:.2f} per CPU-second)  "
               f"{achieved / 1e9:6.1f} GFLOP/s = {100 * achieved / peak:4.1f}% of the "
-              f"{peak / 1e9:.0f} GFLOP/s matmul peak")
+              f"{peak / 1e9:.0f} GFLOP/s {dtype} matmul peak")
     for clock, index in [("wall", 0), ("CPU", 1)]:
-        rates = {name: [measured[index] for measured in rounds[name]] for name, _ in sides}
-        print(f"  {clock} time: " + "; ".join(f"{name} {_listed(rates[name])}" for name, _ in sides)
-              + " images/s")
-        for other, note in [("Keras model.fit", "goal >= 1.0"),
-                            ("bare Session", "the Estimator loop's own cost")]:
-            ratios = [ours / theirs for ours, theirs in zip(rates["Estimator"], rates[other])]
-            median_ratio = statistics.median(rates["Estimator"]) / statistics.median(rates[other])
-            print(f"    ratio Estimator / {other} {median_ratio:.3f} of the medians, per round "
-                  f"{_listed(ratios, 3)} ({note})")
+        rates = {run: [measured[index] for measured in rounds[run]] for run in runs}
+        print(f"  {clock} time: " + "; ".join(f"{name} {dtype} {_listed(rates[name, dtype])}"
+                                              for name, dtype in runs) + " images/s")
+        for dtype in dtypes:
+            for other, note in [("Keras model.fit", "goal >= 1.0"),
+                                ("bare Session", "the Estimator loop's own cost")]:
+                _print_ratios(f"{dtype} Estimator / {other}", rates["Estimator", dtype],
+                              rates[other, dtype], note)
+        if dtypes[1:]:
+            for name, _ in sides:
+                _print_ratios(f"{name} {dtypes[1]} / {dtypes[0]}", rates[name, dtypes[1]],
+                              rates[name, dtypes[0]], "mixed-precision speed-up")
 
 
 if __name__ == "__main__":

@@ -55,3 +55,16 @@ def model_with(weights):
     model = xception_model.xception(num_classes=NUM_CLASSES, image_size=IMAGE_SIZE)
     model.set_weights(weights)
     return model
+
+
+def rewrite_checkpoint_without(checkpoint_path, dropped_name):
+    """Rewrites the checkpoint at `checkpoint_path` in place without the variable `dropped_name`."""
+    reader = tf.train.load_checkpoint(checkpoint_path)
+    kept = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != dropped_name}
+    assert len(kept) < len(reader.get_variable_to_shape_map()), f"no {dropped_name} to drop"
+    with tf.Graph().as_default():
+        saver = tf.compat.v1.train.Saver({name: tf.Variable(value) for name, value in kept.items()})
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            saver.save(session, checkpoint_path, write_meta_graph=False, write_state=False)

@@ -48,6 +48,19 @@ def test_signatures_names_dtypes_and_dynamic_batch(exported):
         assert outputs["logits"].shape.as_list() == [None, export_fixtures.NUM_CLASSES]
 
 
+def test_a_checkpoint_with_the_averages_of_only_some_weights_is_an_error(tmp_path):
+    export_fixtures.write_checkpoint(str(tmp_path / "model"))
+    export_fixtures.rewrite_checkpoint_without(
+        str(tmp_path / "model" / f"model.ckpt-{export_fixtures.GLOBAL_STEP}"),
+        "predictions/bias/ExponentialMovingAverage")
+    with pytest.raises(PipelineError, match=r"moving averages of only 155 of 156 trainable variables "
+                                            r"\(not of predictions/bias\)") as raised:
+        export.export_saved_model(str(tmp_path / "model"), str(tmp_path / "export"),
+                                  num_classes=export_fixtures.NUM_CLASSES, image_size=SIZE)
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "export").exists()
+
+
 def test_export_uses_the_moving_averages(exported, photos):
     images = _eval_images(photos["jpeg"])
     outputs = exported["loaded"].signatures["predict_images"](images=images)

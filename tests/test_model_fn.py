@@ -12,6 +12,7 @@ from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
 from official.xception import xception_model
 from official.xception.errors import PipelineError
+from tests import export_fixtures
 from tests import record_fixtures
 from tests import tiny_network
 
@@ -152,9 +153,11 @@ def _inference_logits(checkpoint, images, names_in_checkpoint):
     return model(images, training=False).numpy(), model(images, training=True).numpy()
 
 
-def test_training_moves_batch_norm_statistics_and_evaluation_uses_them_with_averaged_weights(
-        tmp_path):
-    config = _model_config(moving_average_decay=0.5)
+@pytest.mark.parametrize("average_statistics", [True, False])
+def test_training_moves_batch_norm_statistics_and_evaluation_uses_the_averages(tmp_path,
+                                                                              average_statistics):
+    config = _model_config(moving_average_decay=0.5,
+                           average_batch_norm_statistics=average_statistics)
     images, labels = _batch(seed=2, size=16)
     estimator = _estimator(tmp_path, config)
     estimator.train(_numpy_input_fn(images, labels, 8), steps=4)
@@ -169,9 +172,15 @@ def test_training_moves_batch_norm_statistics_and_evaluation_uses_them_with_aver
                  "block2_sepconv1/depthwise_kernel", "block2_sepconv1/pointwise_kernel",
                  "block2_sepconv1_bn/gamma", "block2_sepconv1_bn/beta", "predictions/kernel",
                  "predictions/bias"]
-    averages = {name: name + "/ExponentialMovingAverage" for name in trainable}
-    assert not np.allclose(reader.get_tensor("predictions/kernel"),
-                           reader.get_tensor(averages["predictions/kernel"]))
+    statistics = [f"{layer}/{statistic}" for layer in ("block1_conv1_bn", "block2_sepconv1_bn")
+                  for statistic in ("moving_mean", "moving_variance")]
+    averaged = trainable + statistics if average_statistics else trainable
+    averages = {name: name + "/ExponentialMovingAverage" for name in averaged}
+    in_checkpoint = set(reader.get_variable_to_shape_map())
+    assert {name for name in in_checkpoint if name.endswith("/ExponentialMovingAverage")} == set(
+        averages.values())
+    for name in averaged:
+        assert not np.allclose(reader.get_tensor(name), reader.get_tensor(averages[name])), name
     inference, batch_statistics = _inference_logits(checkpoint, images[:8], averages)
     assert np.abs(inference - batch_statistics).max() > 1e-3  # the oracle tells the two apart
 
@@ -196,6 +205,34 @@ def test_checkpoint_without_averages_evaluates_raw_weights_with_a_warning(tmp_pa
     inference, _ = _inference_logits(tf.train.latest_checkpoint(str(tmp_path)), images, {})
     expected = -_log_softmax(inference.astype(np.float64))[np.arange(8), labels].mean()
     assert results[model_fn_lib.EVAL_CROSS_ENTROPY_KEY] == pytest.approx(expected, rel=1e-4)
+
+
+def test_evaluation_cross_entropy_is_the_plain_nll_under_label_smoothing(tmp_path):
+    config = _model_config(label_smoothing=0.3)
+    images, labels = _batch(seed=6)
+    estimator = _estimator(tmp_path, config)
+    estimator.train(_numpy_input_fn(images, labels, 8), steps=1)
+    results = estimator.evaluate(_numpy_input_fn(images, labels, 8, repeat=False))
+    inference, _ = _inference_logits(tf.train.latest_checkpoint(str(tmp_path)), images, {})
+    log_probabilities = _log_softmax(inference.astype(np.float64))
+    nll = -log_probabilities[np.arange(8), labels].mean()
+    targets = np.eye(NUM_CLASSES)[labels] * 0.7 + 0.3 / NUM_CLASSES
+    smoothed = -(targets * log_probabilities).sum(axis=1).mean()
+    assert abs(nll - smoothed) > 10 * 1e-4 * nll  # far outside the tolerance below
+    assert results[model_fn_lib.EVAL_CROSS_ENTROPY_KEY] == pytest.approx(nll, rel=1e-4)
+
+
+def test_a_checkpoint_with_the_averages_of_only_some_weights_is_an_error(tmp_path):
+    config = _model_config(moving_average_decay=0.9)
+    images, labels = _batch(seed=8)
+    estimator = _estimator(tmp_path, config)
+    estimator.train(_numpy_input_fn(images, labels, 8), steps=1)
+    export_fixtures.rewrite_checkpoint_without(tf.train.latest_checkpoint(str(tmp_path)),
+                                               "predictions/bias/ExponentialMovingAverage")
+    with pytest.raises(PipelineError, match=r"moving averages of only 8 of 9 trainable variables "
+                                            r"\(not of predictions/bias\)") as raised:
+        estimator.evaluate(_numpy_input_fn(images, labels, 8, repeat=False))
+    assert "\n" not in str(raised.value)
 
 
 def test_evaluation_counts_every_record_once_with_a_partial_last_batch(tmp_path):

@@ -47,8 +47,9 @@ def _train_one_step(data_dir, model_dir, checkpoint, **values):
         num_classes=NUM_CLASSES, image_size=71, batch_size=4, max_train_steps=1,
         train_examples=2 * NUM_CLASSES, eval_examples=NUM_CLASSES, num_gpus=0, seed=3,
         dropout_rate=0.0, moving_average_decay=0.0, base_learning_rate=0.1, base_batch_size=4,
-        # The whole 40x48 image, unflipped: every run sees exactly the same batch.
-        crop_area_range="1.0,1.0", crop_aspect_ratio_range="0.75,1.34", norandom_flip=None)
+        # The whole 40x48 image, unflipped, colours untouched: every run sees exactly the same batch.
+        crop_area_range="1.0,1.0", crop_aspect_ratio_range="0.75,1.34", norandom_flip=None,
+        nocolor_distortion=None)
     settings.update(values)
     flag_values = flags.FlagValues()
     flags_core.define_all(flag_values)

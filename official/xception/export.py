@@ -1,8 +1,8 @@
 """SavedModel export of a trained (or converted) checkpoint, for evaluation and serving.
 
 The SavedModel is written the TensorFlow 2 way, from an eager copy of the network whose variables are
-read from the checkpoint by name (the Polyak averages where the checkpoint has them). It has a dynamic
-batch dimension and two signatures:
+read from the checkpoint by name (the Polyak averages of every weight, and of the batch-norm moving
+statistics, where the checkpoint has them). It has a dynamic batch dimension and two signatures:
 
 - `serving_default`: `image_bytes` (string [None], JPEG or PNG) through exactly the evaluation
   preprocessing of the training pipeline;
@@ -35,21 +35,36 @@ _TOP_K = 5
 
 
 def checkpoint_values(checkpoint_path, variables, use_moving_averages=True):
-    """The checkpoint's value for each of `variables` (matched by name), preferring the Polyak average.
+    """The checkpoint's value for each of `variables` (matched by name): the Polyak averages of all
+    trainable variables where the checkpoint has them, and of all non-trainable ones (batch-norm moving
+    statistics) where it has theirs; the raw values otherwise.
 
     Returns:
       (list of arrays aligned with `variables`, number of variables read from their averages).
     Raises:
-      PipelineError: a variable is missing from the checkpoint or has another shape.
+      PipelineError: a variable is missing from the checkpoint or has another shape, or the checkpoint
+        has the averages of some trainable (or non-trainable) variables but not of all.
     """
     reader = tf.train.load_checkpoint(checkpoint_path)
     shapes = reader.get_variable_to_shape_map()
-    values, averaged = [], 0
-    for variable in variables:
-        name = variable.name.split(":")[0]
-        if use_moving_averages and name + _AVERAGE_SUFFIX in shapes:
+    names = [variable.name.split(":")[0] for variable in variables]
+    averaged_names = set()
+    if use_moving_averages:
+        for trainable, kind in ((True, "trainable variables"), (False, "non-trainable variables")):
+            group = [name for name, variable in zip(names, variables) if variable.trainable == trainable]
+            with_average = [name for name in group if name + _AVERAGE_SUFFIX in shapes]
+            if with_average and len(with_average) != len(group):
+                missing = next(name for name in group if name + _AVERAGE_SUFFIX not in shapes)
+                raise PipelineError(
+                    f"checkpoint {checkpoint_path} has the moving averages of only "
+                    f"{len(with_average)} of {len(group)} {kind} (not of {missing}): was it written "
+                    "by another network or program? Export its raw weights with "
+                    "--moving_average_decay=0")
+            averaged_names.update(with_average)
+    values = []
+    for name, variable in zip(names, variables):
+        if name in averaged_names:
             name += _AVERAGE_SUFFIX
-            averaged += 1
         if name not in shapes:
             raise PipelineError(
                 f"checkpoint {checkpoint_path} has no variable {name}: was it written for another "
@@ -59,7 +74,7 @@ def checkpoint_values(checkpoint_path, variables, use_moving_averages=True):
                 f"checkpoint {checkpoint_path}: {name} has shape {tuple(shapes[name])}, the network "
                 f"needs {tuple(variable.shape)} (check --num_classes)")
         values.append(reader.get_tensor(name))
-    return values, averaged
+    return values, len(averaged_names)
 
 
 class _Classifier(tf.Module):

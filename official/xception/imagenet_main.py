@@ -268,6 +268,7 @@ def make_model_config(flags_obj, global_batch_size):
         optimizer=flags_obj.optimizer,
         momentum=flags_obj.momentum,
         moving_average_decay=flags_obj.moving_average_decay,
+        average_batch_norm_statistics=flags_obj.average_batch_norm_statistics,
         loss_scale=loss_scale,
         fine_tune=flags_obj.fine_tune,
         warm_start_checkpoint=checkpoint,

@@ -8,6 +8,10 @@ Pitfalls this module is built around (see docs/DESIGN.md §8):
   never by substrings of its name.
 - Only `tf.compat.v1.train` optimizers update variables inside a model_fn. Under a distribution strategy
   their `compute_gradients` already divides a mean loss by the replica count; nothing here divides again.
+- Under a mixed-precision policy each replica's model wraps the shared float32 (mirrored) variables in
+  its own AutoCastVariable. The optimizer, the moving averages and every lookup by variable get the
+  wrapped variable (`underlying_variable`): the wrappers differ per replica, which the optimizer sees as
+  a PerReplica value, and a wrapper's `.ref()` never equals its variable's.
 """
 
 import dataclasses
@@ -15,6 +19,9 @@ import math
 from typing import Optional, Tuple, Union
 
 from absl import logging
+# The class of the wrappers a mixed-precision Keras layer puts around its float32 variables; Keras
+# exports no public way to reach the wrapped variable.
+from keras.src.mixed_precision import autocast_variable
 import tensorflow as tf
 
 from official.xception import xception_model
@@ -107,6 +114,9 @@ class ModelConfig:
     rmsprop_decay: float = 0.9
     rmsprop_epsilon: float = 1.0
     moving_average_decay: float = 0.9999
+    # Whether the Polyak averages also cover batch norm's moving mean and variance (off by default:
+    # evaluation with them was worse on a short real run, see the README).
+    average_batch_norm_statistics: bool = False
     # float16 only: "dynamic" or a fixed number.
     loss_scale: Union[str, float] = "dynamic"
     fine_tune: bool = False
@@ -125,6 +135,9 @@ class ModelConfig:
             raise PipelineError(
                 f"--moving_average_decay must be in [0, 1) (0 turns averaging off), "
                 f"got {self.moving_average_decay}")
+        if self.average_batch_norm_statistics and self.moving_average_decay == 0:
+            raise PipelineError("--average_batch_norm_statistics needs Polyak averaging: set "
+                                "--moving_average_decay (e.g. 0.9999)")
         if self.num_classes < 2:
             raise PipelineError(f"--num_classes must be at least 2, got {self.num_classes}")
         if self.fine_tune and not self.warm_start_checkpoint:
@@ -237,6 +250,37 @@ def _variable_name(variable):
     return variable.name.split(":", 1)[0]
 
 
+def underlying_variable(variable):
+    """The float32 variable behind a mixed-precision layer's AutoCastVariable (else `variable`)."""
+    if isinstance(variable, autocast_variable.AutoCastVariable):
+        return variable._variable  # pylint: disable=protected-access
+    return variable
+
+
+def weights_and_statistics(model):
+    """(weights, batch-norm moving statistics) of `model`, as underlying variables.
+
+    The weights are every variable training can change, whether or not fine-tuning freezes it now; the
+    statistics are the moving mean and variance of each batch-norm layer.
+    """
+    statistics = []
+    for layer in model.submodules:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            statistics += [underlying_variable(layer.moving_mean),
+                           underlying_variable(layer.moving_variance)]
+    statistic_refs = {v.ref() for v in statistics}
+    weights = [underlying_variable(v) for v in model.weights]
+    return [v for v in weights if v.ref() not in statistic_refs], statistics
+
+
+def averaged_variables(model, average_batch_norm_statistics):
+    """The variables whose Polyak averages training keeps: every weight (frozen ones too, so that a
+    fine-tuned checkpoint has the averages of the whole network), and the batch-norm moving statistics
+    with `average_batch_norm_statistics`."""
+    weights, statistics = weights_and_statistics(model)
+    return weights + statistics if average_batch_norm_statistics else weights
+
+
 def warm_start(model, checkpoint, averages=None):
     """Makes the model's variables (weights and batch-norm statistics) initialize from `checkpoint`,
     and their moving averages in `averages` (an ExponentialMovingAverage) too.
@@ -248,9 +292,9 @@ def warm_start(model, checkpoint, averages=None):
     flag = "--pretrained_model_checkpoint_path"
     checkpoint = resolve_checkpoint(checkpoint, flag)
     shapes = dict(tf.train.list_variables(checkpoint))
-    head = {v.ref() for v in _head_layer(model).weights}
+    head = {underlying_variable(v).ref() for v in _head_layer(model).weights}
     assignment = {}
-    for variable in model.weights:
+    for variable in map(underlying_variable, model.weights):
         name = _variable_name(variable)
         shape = variable.shape.as_list()
         if variable.ref() in head and shapes.get(name) != shape:
@@ -290,33 +334,60 @@ def freeze_all_but_head(model):
             layer.trainable = False
 
 
-def averaged_weights_saver(checkpoint_path, trainable_variables):
-    """A Saver that restores the Polyak averages of `trainable_variables` into the variables themselves
-    (and everything else as saved), or None when `checkpoint_path` holds no averages (e.g. converted
-    Keras weights, or training without --moving_average_decay): the raw weights are then used, with a
-    warning. For the eval graph and for export.
+def averaged_weights_saver(checkpoint_path, weights, statistics=()):
+    """A Saver that restores the Polyak averages of `weights` (and of the batch-norm `statistics` when
+    the checkpoint has theirs) into the variables themselves, and everything else as saved. For the
+    eval graph and prediction.
+
+    Returns None when `checkpoint_path` has no averages of the weights at all (e.g. converted Keras
+    weights, or training without --moving_average_decay): the raw weights are then used, with a warning.
+
+    Raises:
+      PipelineError: the checkpoint has the averages of some weights (or statistics) but not all.
     """
     if checkpoint_path is None:
         return None
     in_checkpoint = {name for name, _ in tf.train.list_variables(checkpoint_path)}
     averages = tf.train.ExponentialMovingAverage(decay=0.0)
-    trainable = {v.ref() for v in trainable_variables}
-    mapping = {}
-    averaged = 0
-    for variable in tf.compat.v1.global_variables():
-        average_name = averages.average_name(variable)
-        if variable.ref() in trainable and average_name in in_checkpoint:
-            mapping[average_name] = variable
-            averaged += 1
-        else:
-            mapping[_variable_name(variable)] = variable
-    if averaged == 0:
+    weights = [underlying_variable(v) for v in weights]
+    statistics = [underlying_variable(v) for v in statistics]
+    averaged_weights = _with_averages(checkpoint_path, weights, in_checkpoint,
+                                      "trainable variables")
+    if not averaged_weights:
         logging.warning("%s has no moving averages of the weights: evaluating the raw weights",
                         checkpoint_path)
         return None
-    logging.info("Evaluating the moving averages of %d of %d trainable variables from %s", averaged,
-                 len(trainable), checkpoint_path)
+    averaged_statistics = _with_averages(checkpoint_path, statistics, in_checkpoint,
+                                         "batch-norm moving statistics")
+    averaged = {v.ref() for v in averaged_weights + averaged_statistics}
+    mapping = {}
+    for variable in tf.compat.v1.global_variables():
+        name = (averages.average_name(variable) if variable.ref() in averaged
+                else _variable_name(variable))
+        mapping[name] = variable
+    if averaged_statistics:
+        logging.info("Evaluating the averages of %d of %d trainable variables and of %d of %d "
+                     "batch-norm moving statistics from %s", len(averaged_weights), len(weights),
+                     len(averaged_statistics), len(statistics), checkpoint_path)
+    else:
+        logging.info("Evaluating the averages of %d of %d trainable variables (batch-norm moving "
+                     "statistics as trained) from %s", len(averaged_weights), len(weights),
+                     checkpoint_path)
     return tf.compat.v1.train.Saver(mapping)
+
+
+def _with_averages(checkpoint_path, variables, in_checkpoint, kind):
+    """Those of `variables` whose average `checkpoint_path` has: all of them or none."""
+    averages = tf.train.ExponentialMovingAverage(decay=0.0)
+    found = [v for v in variables if averages.average_name(v) in in_checkpoint]
+    if found and len(found) != len(variables):
+        found_refs = {v.ref() for v in found}
+        missing = next(_variable_name(v) for v in variables if v.ref() not in found_refs)
+        raise PipelineError(
+            f"{checkpoint_path} has the moving averages of only {len(found)} of {len(variables)} "
+            f"{kind} (not of {missing}): was it written by another network or program? Pass "
+            "--moving_average_decay=0 to use its raw weights")
+    return found
 
 
 def _top_k_hits(logits, labels, k):
@@ -395,7 +466,9 @@ def model_fn(features, labels, mode, params, config=None):
         metrics = {
             TOP_1_KEY: top_1,
             TOP_5_KEY: top_5,
-            EVAL_CROSS_ENTROPY_KEY: tf.compat.v1.metrics.mean(per_example),
+            # The negative log-likelihood people compare, whatever label smoothing training used.
+            EVAL_CROSS_ENTROPY_KEY: tf.compat.v1.metrics.mean(
+                cross_entropy_per_example(logits, labels, model_config.num_classes)),
             EVAL_EXAMPLES_KEY: _count_metric(tf.shape(labels)[0]),
         }
         return tf.estimator.EstimatorSpec(
@@ -418,7 +491,7 @@ def _averaged_weights_scaffold(model_config, config, model):
     if model_config.moving_average_decay <= 0 or config is None:
         return None
     saver = averaged_weights_saver(tf.train.latest_checkpoint(config.model_dir),
-                                   model.trainable_variables)
+                                   *weights_and_statistics(model))
     return tf.compat.v1.train.Scaffold(saver=saver) if saver else None
 
 
@@ -437,7 +510,7 @@ def _train_op(model, images, loss, model_config):
     learning_rate = learning_rate_schedule(global_step, model_config.learning_rate)
     tf.compat.v1.summary.scalar("learning_rate", learning_rate)
     optimizer = make_optimizer(model_config, learning_rate)
-    variables = model.trainable_variables
+    variables = [underlying_variable(v) for v in model.trainable_variables]
     # The assertion fails the session run before any variable changes, so the checkpoint on disk is the
     # last good one; the run loop turns its message into a one-line error naming the step.
     loss_is_finite = tf.debugging.Assert(
@@ -447,7 +520,7 @@ def _train_op(model, images, loss, model_config):
     multiplier = model_config.pretrained_learning_rate_multiplier
     if multiplier != 1.0:
         # With (Nesterov) momentum, scaling a variable's gradients is scaling its learning rate.
-        head = {v.ref() for v in _head_layer(model).weights}
+        head = {underlying_variable(v).ref() for v in _head_layer(model).weights}
         grads_and_vars = [(grad if var.ref() in head or grad is None else grad * multiplier, var)
                           for grad, var in grads_and_vars]
     update_ops = model.get_updates_for(images) + model.get_updates_for(None)
@@ -458,5 +531,5 @@ def _train_op(model, images, loss, model_config):
     averages = tf.train.ExponentialMovingAverage(model_config.moving_average_decay,
                                                  num_updates=global_step)
     with tf.control_dependencies([train_op]):
-        train_op = averages.apply(variables)
+        train_op = averages.apply(averaged_variables(model, model_config.average_batch_norm_statistics))
     return train_op, averages
