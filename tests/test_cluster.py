@@ -18,18 +18,7 @@ from official.xception import cluster
 from official.xception import flags_core
 from official.xception import imagenet_main
 from official.xception.errors import PipelineError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
+from tests import process_fixtures
 
 
 @pytest.fixture(autouse=True)
@@ -136,7 +125,7 @@ def test_slurm_outside_a_job_step_is_a_one_line_error(monkeypatch):
 
 
 def test_an_unreachable_peer_is_an_error_naming_it_within_the_timeout():
-    own, silent = (f"127.0.0.1:{port}" for port in _free_ports(2))
+    own, silent = (f"127.0.0.1:{port}" for port in process_fixtures.free_ports(2))
     tf_config = {"cluster": {"chief": [own], "worker": [silent]}, "task": {"type": "chief"}}
     started = time.monotonic()
     with pytest.raises(PipelineError, match=f"waited 1.5 s .* not answering: {silent}: ") as raised:
@@ -146,7 +135,7 @@ def test_an_unreachable_peer_is_an_error_naming_it_within_the_timeout():
 
 
 def test_peers_that_answer_are_joined_without_waiting():
-    own, peer = (f"127.0.0.1:{port}" for port in _free_ports(2))
+    own, peer = (f"127.0.0.1:{port}" for port in process_fixtures.free_ports(2))
     with socket.create_server(("127.0.0.1", int(peer.split(":")[1]))):
         started = time.monotonic()
         cluster.wait_for_peers({"cluster": {"chief": [own], "worker": [peer]},
@@ -157,9 +146,9 @@ def test_peers_that_answer_are_joined_without_waiting():
 def _main_process(*arguments):
     command = [sys.executable, "-m", "tests.tiny_imagenet_main", "--use_synthetic_data",
                "--distribution_strategy=multi_worker_mirrored", "--num_gpus=0", *arguments]
-    environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    environment = process_fixtures.environment()
     environment.pop("TF_CONFIG", None)
-    return subprocess.Popen(command, cwd=REPO, env=environment, text=True,
+    return subprocess.Popen(command, cwd=process_fixtures.REPO, env=environment, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -179,7 +168,7 @@ def test_main_rejects_an_empty_host_entry_in_one_line(tmp_path):
 
 
 def test_main_waiting_for_a_missing_peer_stops_on_timeout_and_on_sigterm(tmp_path):
-    ports = _free_ports(3)
+    ports = process_fixtures.free_ports(3)
     timed_out = _main_process(f"--model_dir={tmp_path / 'a'}", "--peer_timeout_secs=2",
                               f"--worker_hosts=127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}",
                               "--task_index=0")

@@ -2,27 +2,18 @@
 with exit status 1, and nothing is left in --model_dir or beside it."""
 
 import os
-import resource
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
 
 from official.xception import convert_keras_weights
 from official.xception.errors import PipelineError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import process_fixtures
 
 
 def _convert(*args, limit_file_size=None):
-    preexec = None
-    if limit_file_size is not None:
-        def preexec():
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
-    return subprocess.run([sys.executable, "-m", "official.xception.convert_keras_weights", *args],
-                          cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
-                          capture_output=True, text=True, timeout=300, preexec_fn=preexec)
+    return process_fixtures.run_module("official.xception.convert_keras_weights", *args,
+                                       limit_file_size=limit_file_size)
 
 
 @pytest.mark.parametrize("num_classes", [-5, 0])

@@ -4,10 +4,7 @@ Each failure is one line with exit status 1 and leaves existing files unchanged.
 
 import json
 import os
-import resource
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,9 +12,9 @@ import pytest
 from official.xception import evaluate_saved_model
 from official.xception.errors import PipelineError
 from tests import fault_fixtures
+from tests import process_fixtures
 from tests import record_fixtures
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES = 10
 
 
@@ -36,13 +33,8 @@ def validation(tmp_path):
 
 
 def _main(*args, limit_file_size=None):
-    preexec = None
-    if limit_file_size is not None:
-        def preexec():
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
-    return subprocess.run([sys.executable, "-m", "official.xception.evaluate_saved_model", *args],
-                          cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
-                          capture_output=True, text=True, timeout=300, preexec_fn=preexec)
+    return process_fixtures.run_module("official.xception.evaluate_saved_model", *args,
+                                       limit_file_size=limit_file_size)
 
 
 def _assert_one_line_error(finished, starts_with):

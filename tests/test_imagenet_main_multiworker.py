@@ -5,7 +5,6 @@ the labels a worker trains on say which files it read."""
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -13,23 +12,13 @@ import pytest
 import tensorflow as tf
 
 from official.xception import model_fn as model_fn_lib
+from tests import process_fixtures
 from tests import record_fixtures
 from tests import tiny_imagenet_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SHARDS = 4  # labels 0..3, shard i holding label i
 STEPS = 6
 GLOBAL_BATCH = 4
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +38,11 @@ def _start(data_dir, model_dir, extra, tf_config=None):
                "--label_offset=0", f"--train_examples={GLOBAL_BATCH * STEPS}", "--train_epochs=1",
                "--eval_examples=5", "--shuffle_buffer=8", "--seed=3", "--log_steps=3",
                "--peer_timeout_secs=120", "--eval_throttle_secs=1", *extra]
-    environment = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    environment = process_fixtures.environment()
     environment.pop("TF_CONFIG", None)
     if tf_config is not None:
         environment["TF_CONFIG"] = json.dumps(tf_config)
-    return subprocess.Popen(command, cwd=REPO, env=environment, text=True,
+    return subprocess.Popen(command, cwd=process_fixtures.REPO, env=environment, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -85,7 +74,7 @@ def _assert_disjoint_and_covering(first, second):
 
 
 def test_worker_hosts_workers_train_on_disjoint_files_that_cover_the_split(data_dir, tmp_path):
-    hosts = ",".join(f"127.0.0.1:{port}" for port in _free_ports(2))
+    hosts = ",".join(f"127.0.0.1:{port}" for port in process_fixtures.free_ports(2))
     model_dir = tmp_path / "model"
     errors = _finish([
         _start(data_dir, model_dir, ["--distribution_strategy=multi_worker_mirrored",
@@ -109,7 +98,7 @@ def _evaluation_steps(eval_dir):
 
 
 def test_tfjob_chief_worker_and_evaluator(data_dir, tmp_path):
-    chief, worker = (f"127.0.0.1:{port}" for port in _free_ports(2))
+    chief, worker = (f"127.0.0.1:{port}" for port in process_fixtures.free_ports(2))
     # Exactly what TFJob puts in each pod: the evaluator is not part of the cluster.
     cluster = {"chief": [chief], "worker": [worker]}
     tasks = [{"type": "chief", "index": 0}, {"type": "worker", "index": 0},

@@ -553,9 +553,10 @@ def run(flags_obj, model_builder=None):
                                 "checkpoint; train first or convert Keras weights into it")
         export_latest(flags_obj, info, model_builder)
         return {}
-    info = apply_dataset_info(flags_obj)
+    # The cluster first: a malformed host list is the error to report, whatever the data.
     tf_config = configure_cluster(flags_obj.worker_hosts, flags_obj.task_index, flags_obj.task_type,
                                   flags_obj.slurm_port if flags_obj.slurm_cluster else None)
+    info = apply_dataset_info(flags_obj)
     if not flags_obj.eval_only:
         run_safety.lock_model_dir(flags_obj.model_dir, run_safety.task_name(tf_config))
     placement = make_placement(flags_obj.distribution_strategy, flags_obj.num_gpus,
