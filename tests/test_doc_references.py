@@ -14,8 +14,9 @@ import sys
 
 import pytest
 
-# The source tree (not a runfiles directory of symlinks), where git lists the tracked files.
-REPO = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# The source tree, where git lists the tracked files: under Bazel this file is a symlink in a
+# runfiles tree that holds only the test's declared inputs, so the path is taken from its target.
+REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 SECTION_SIGN = "\u00a7"
 _TEXT_SUFFIXES = (".py", ".md", ".sh", ".txt", ".bzl", ".ini", ".cfg", ".toml", ".yaml", ".yml")
