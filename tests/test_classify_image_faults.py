@@ -58,3 +58,7 @@ def test_an_empty_request_returns_empty_outputs(exported, signature, request_inp
     assert outputs["top_5_classes"].shape == (0, 5)
     assert outputs["top_5_class_names"].shape == (0, 5)
     assert outputs["classes"].shape == (0,)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -2,6 +2,7 @@
 with exit status 1, and nothing is left in --model_dir or beside it."""
 
 import os
+import sys
 
 import pytest
 import tensorflow as tf
@@ -39,3 +40,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path):
         f"error: a file size limit was reached while writing to --model_dir={out}: free space (or "
         "raise the limit) and re-run; nothing was written")
     assert sorted(os.listdir(tmp_path)) == ["no_top.h5"]
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -5,6 +5,7 @@ Each failure is one line with exit status 1 and leaves existing files unchanged.
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -136,3 +137,7 @@ def test_skip_corrupt_records_counts_every_record_left_out(exported, validation)
                                            skip_corrupt_records=True)
     assert result["skipped_corrupt"] == 3
     assert result["examples"] == NUM_IMAGES - 3
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -297,3 +297,7 @@ def test_full_disk_while_exporting_is_one_line_and_keeps_earlier_exports(tmp_pat
         "--export_only")
     assert fault_fixtures.snapshot(export_dir) == before
     assert len(os.listdir(export_dir)) == 1
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

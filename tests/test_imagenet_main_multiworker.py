@@ -113,3 +113,7 @@ def test_tfjob_chief_worker_and_evaluator(data_dir, tmp_path):
     assert STEPS in _evaluation_steps(str(model_dir / "eval")), errors[2][-3000:]
     assert "Global batch 4 = 2 replicas x 2" in errors[2]
     assert tiny_imagenet_main.TRAIN_LABELS_PREFIX not in errors[2]
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

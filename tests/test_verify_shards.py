@@ -91,3 +91,7 @@ def test_a_missing_data_dir_is_one_line(tmp_path):
     finished = _verify(tmp_path / "missing")
     assert finished.returncode == 1
     assert finished.stderr.strip().splitlines()[-1].startswith("error: no files match")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -56,6 +56,15 @@ if [[ -n "$untargeted" ]]; then
     exit 1
 fi
 
+# Bazel runs a py_test file as a script: one without the pytest.main guard collects nothing and
+# passes while testing nothing.
+unguarded="$(grep -L '^if __name__ == "__main__":' tests/test_*.py || true)"
+if [[ -n "$unguarded" ]]; then
+    echo "error: these test files do not run pytest when executed (Bazel would pass them without running a test); end each with if __name__ == \"__main__\": sys.exit(pytest.main([__file__, ...])):" >&2
+    echo "$unguarded" | sed 's/^/  /' >&2
+    exit 1
+fi
+
 echo "bazel test: $(echo "$test_targets" | wc -l) test targets" >&2
 start=$SECONDS
 status=0
