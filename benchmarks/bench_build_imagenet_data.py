@@ -22,11 +22,21 @@ from skimage import data as sample_photos
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_prep import builder  # noqa: E402
+from data_prep import original_layout  # noqa: E402
 from data_prep import shard_plan  # noqa: E402
-from tests import data_prep_fixtures  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "cat")
 NUM_CLASSES = 10
+
+
+def _shard_bytes(directory):
+    """{shard name: bytes} of every shard in `directory`."""
+    result = {}
+    for name in sorted(os.listdir(directory)):
+        if name.startswith(("train-", "validation-")):
+            with open(os.path.join(directory, name), "rb") as shard:
+                result[name] = shard.read()
+    return result
 
 
 def realistic_jpeg(photo, rng):
@@ -53,7 +63,7 @@ def make_tree(root, num_images, seed=0):
         total_bytes += len(jpeg)
         with open(os.path.join(root, "train", synset, f"{synset}_{index}.JPEG"), "wb") as image_file:
             image_file.write(jpeg)
-    data_prep_fixtures.make_train_tar(os.path.join(root, "train"), os.path.join(root, "train.tar"))
+    original_layout.make_train_tar(os.path.join(root, "train"), os.path.join(root, "train.tar"))
     return total_bytes / num_images
 
 
@@ -99,8 +109,8 @@ def main():
     many_seconds, _ = timed_build(root, os.path.join(root, "outN"), args.workers, args.shards)
     tar_seconds, _ = timed_build(root, os.path.join(root, "outT"), args.workers, args.shards, use_tar=True)
     startup = worker_start_seconds(args.workers)
-    identical = data_prep_fixtures.shard_bytes(os.path.join(root, "out1")) == data_prep_fixtures.shard_bytes(
-        os.path.join(root, "outN")) == data_prep_fixtures.shard_bytes(os.path.join(root, "outT"))
+    identical = _shard_bytes(os.path.join(root, "out1")) == _shard_bytes(
+        os.path.join(root, "outN")) == _shard_bytes(os.path.join(root, "outT"))
 
     one_rate = args.images / one_seconds
     many_rate = args.images / many_seconds

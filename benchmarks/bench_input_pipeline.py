@@ -43,12 +43,19 @@ MODES = ("floor", "train", "eval")
 
 
 def write_realistic_shards(data_dir, num_images, num_shards, quality):
-    """Cuts random 4:3 windows out of scikit-image's colour sample photos; returns mean JPEG bytes."""
+    """Cuts random 4:3 windows out of scikit-image's colour sample photos and writes them with
+    data_prep's record writer, round-robin into the shards; returns the mean JPEG bytes."""
+    import io
+    import types
+
     import numpy as np
     import skimage.data
+    import tensorflow as tf
     from PIL import Image
 
-    from tests import record_fixtures
+    from data_prep import image_coding
+    from data_prep import shard_plan
+    from data_prep import shard_writer
 
     sources = [getattr(skimage.data, name)() for name in (
         "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")]
@@ -62,17 +69,24 @@ def write_realistic_shards(data_dir, num_images, num_shards, quality):
         top = rng.integers(0, height - crop_height + 1)
         left = rng.integers(0, width - crop_width + 1)
         window = Image.fromarray(source[top:top + crop_height, left:left + crop_width])
-        pixels = np.asarray(window.resize((IMAGE_WIDTH, IMAGE_HEIGHT), Image.BICUBIC))
-        encoded = record_fixtures.encode_image(pixels, "JPEG", quality=quality)
-        total_bytes += len(encoded)
+        encoded = io.BytesIO()
+        window.resize((IMAGE_WIDTH, IMAGE_HEIGHT), Image.BICUBIC).save(encoded, "JPEG", quality=quality)
+        total_bytes += len(encoded.getvalue())
         ymin, xmin = rng.uniform(0.0, 0.5, size=2)
-        box = (ymin, xmin, ymin + rng.uniform(0.2, 0.5), xmin + rng.uniform(0.2, 0.5))
-        examples.append(record_fixtures.make_example(
-            encoded, int(index % 1000) + 1, IMAGE_HEIGHT, IMAGE_WIDTH, bboxes=[box]))
+        box = (xmin, ymin, xmin + rng.uniform(0.2, 0.5), ymin + rng.uniform(0.2, 0.5))
+        entry = shard_plan.ShardEntry(types.SimpleNamespace(file_name=f"img_{index:06d}.JPEG"),
+                                      index % 1000 + 1, "n01440764", "tench", (box,))
+        prepared = image_coding.PreparedImage(encoded.getvalue(), IMAGE_HEIGHT, IMAGE_WIDTH, "")
+        examples.append(shard_writer.make_example(entry, prepared).SerializeToString())
         if (index + 1) % 256 == 0:
             print(f"  generated {index + 1}/{num_images} images", file=sys.stderr)
+    os.makedirs(data_dir, exist_ok=True)
     for split in ("train", "validation"):
-        record_fixtures.write_shards(data_dir, split, examples, num_shards)
+        for shard in range(num_shards):
+            path = os.path.join(data_dir, f"{split}-{shard:05d}-of-{num_shards:05d}")
+            with tf.io.TFRecordWriter(path) as writer:
+                for example in examples[shard::num_shards]:
+                    writer.write(example)
     return total_bytes / num_images
 
 

@@ -33,12 +33,13 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
-from official.xception import flags_core
-from official.xception import hooks as hooks_lib
+from official.utils import flags_core
+from official.utils import hooks as hooks_lib
+from official.utils import logging_setup
 from official.xception import imagenet_main
 from official.xception import input_pipeline
-from official.xception import logging_setup
 from official.xception import model_fn as model_fn_lib
+from official.xception import xception_flags
 
 flags.DEFINE_integer("image_size", 96, "Square image side.")
 flags.DEFINE_integer("batch_size", 16, "Batch size of both pipelines.")
@@ -115,7 +116,7 @@ def imagenet_main_flags(model_dir, image_size, batch_size, dtype, recipe, total_
         settings.update(dropout_rate=PAPER_DROPOUT, weight_decay=PAPER_WEIGHT_DECAY,
                         moving_average_decay=PAPER_AVERAGE_DECAY)
     flag_values = flags.FlagValues()
-    flags_core.define_all(flag_values)
+    xception_flags.define_all(flag_values)
     flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in settings.items()])
     return flag_values
 

@@ -14,8 +14,8 @@ import tarfile
 import time
 import xml.etree.ElementTree as ElementTree
 
-from data_prep.errors import DataPrepError
-from data_prep.progress import format_duration
+from official.utils.errors import PipelineError
+from official.utils.progress import format_duration
 
 
 @dataclasses.dataclass
@@ -107,7 +107,7 @@ def _iter_xml_in_tar(tar_path):
     try:
         archive = tarfile.open(tar_path, "r|*")
     except (OSError, tarfile.TarError) as error:
-        raise DataPrepError(f"cannot read --bounding_box_tar {tar_path}: {error}") from None
+        raise PipelineError(f"cannot read --bounding_box_tar {tar_path}: {error}") from None
     with archive:
         try:
             for member in archive:
@@ -115,20 +115,20 @@ def _iter_xml_in_tar(tar_path):
                 if member.isfile() and name.endswith(".xml") and not name.startswith("."):
                     yield f"{tar_path}:{member.name}", archive.extractfile(member).read()
         except (OSError, tarfile.TarError, EOFError) as error:
-            raise DataPrepError(f"--bounding_box_tar {tar_path} is truncated or corrupt ({error}); "
+            raise PipelineError(f"--bounding_box_tar {tar_path} is truncated or corrupt ({error}); "
                                 f"download it again") from None
 
 
 def iter_annotation_files(directory=None, tar_path=None):
     """(path, bytes or OSError) for each XML file, in a deterministic order."""
     if (directory is None) == (tar_path is None):
-        raise DataPrepError("give exactly one of --bounding_box_dir and --bounding_box_tar")
+        raise PipelineError("give exactly one of --bounding_box_dir and --bounding_box_tar")
     if directory is not None:
         if not os.path.isdir(directory):
-            raise DataPrepError(f"--bounding_box_dir {directory} is not a directory")
+            raise PipelineError(f"--bounding_box_dir {directory} is not a directory")
         return _iter_xml_in_directory(directory)
     if not os.path.isfile(tar_path):
-        raise DataPrepError(f"--bounding_box_tar {tar_path} does not exist or is not a file")
+        raise PipelineError(f"--bounding_box_tar {tar_path} does not exist or is not a file")
     return _iter_xml_in_tar(tar_path)
 
 
@@ -177,14 +177,14 @@ def read_box_csv(path):
                     if not all(0.0 <= value <= 1.0 for value in box) or box[0] >= box[2] or box[1] >= box[3]:
                         raise ValueError("coordinates must satisfy 0 <= min < max <= 1")
                 except ValueError as error:
-                    raise DataPrepError(
+                    raise PipelineError(
                         f"--bounding_box_file {path} line {line_number}: {error}; expected "
                         f"'file,xmin,ymin,xmax,ymax' as written by data_prep.process_bounding_boxes") from None
                 boxes[row[0]].append(box)
     except OSError as error:
-        raise DataPrepError(f"cannot read --bounding_box_file {path}: {error.strerror or error}") from None
+        raise PipelineError(f"cannot read --bounding_box_file {path}: {error.strerror or error}") from None
     except UnicodeDecodeError:
-        raise DataPrepError(f"--bounding_box_file {path} is not UTF-8 text; expected the CSV written by "
+        raise PipelineError(f"--bounding_box_file {path} is not UTF-8 text; expected the CSV written by "
                             f"data_prep.process_bounding_boxes") from None
     return dict(boxes)
 
@@ -203,7 +203,7 @@ def write_csv(output_file, directory=None, tar_path=None, log=None):
     annotation_files = iter_annotation_files(directory=directory, tar_path=tar_path)
     output_dir = os.path.dirname(os.path.abspath(output_file))
     if not os.path.isdir(output_dir):
-        raise DataPrepError(f"--output_file {output_file}: folder {output_dir} does not exist")
+        raise PipelineError(f"--output_file {output_file}: folder {output_dir} does not exist")
     temporary = output_file + ".incomplete"
     start = time.monotonic()
     files_read = 0
@@ -225,20 +225,20 @@ def write_csv(output_file, directory=None, tar_path=None, log=None):
                 csv_stream.flush()
                 os.fsync(csv_stream.fileno())
         except OSError as error:
-            raise DataPrepError(f"cannot write --output_file {output_file}: {error.strerror or error}") from None
+            raise PipelineError(f"cannot write --output_file {output_file}: {error.strerror or error}") from None
         # An existing CSV is replaced only by a useful one: a wrong folder or a broken archive keeps it.
         source = directory or tar_path
         if stats.xml_files == 0:
-            raise DataPrepError(f"no .xml files found in {source}; is this the bounding-box annotation folder "
+            raise PipelineError(f"no .xml files found in {source}; is this the bounding-box annotation folder "
                                 f"or archive?{_kept(output_file)}")
         if len(stats.skipped_files) == stats.xml_files:
-            raise DataPrepError(f"none of the {stats.xml_files:,} XML files in {source} is a readable annotation "
+            raise PipelineError(f"none of the {stats.xml_files:,} XML files in {source} is a readable annotation "
                                 f"(first: {stats.skipped_files[0][0]}: {stats.skipped_files[0][1]}); is this "
                                 f"the bounding-box annotation folder or archive?{_kept(output_file)}")
         try:
             os.replace(temporary, output_file)
         except OSError as error:
-            raise DataPrepError(f"cannot write --output_file {output_file}: {error.strerror or error}") from None
+            raise PipelineError(f"cannot write --output_file {output_file}: {error.strerror or error}") from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)

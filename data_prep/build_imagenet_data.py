@@ -21,7 +21,7 @@ from absl import app
 from absl import flags
 
 from data_prep import builder
-from data_prep.errors import DataPrepError
+from official.utils.errors import PipelineError
 
 _DEFAULTS = builder.BuildConfig(output_directory="")
 
@@ -81,7 +81,7 @@ def main(argv):
     )
     try:
         builder.build(config)
-    except DataPrepError as error:
+    except PipelineError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit(f"error: interrupted; the finished shards in {FLAGS.output_directory} are kept: run the same "

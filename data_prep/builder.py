@@ -30,8 +30,8 @@ from data_prep import bounding_boxes
 from data_prep import holdout
 from data_prep import inputs
 from data_prep import shard_plan
-from data_prep.errors import DataPrepError
-from data_prep.progress import ProgressReporter, format_duration
+from official.utils.errors import PipelineError
+from official.utils.progress import ProgressReporter, format_duration
 
 SUMMARY_NAME = "build_summary.json"
 HOLDOUT_LIST_NAME = "validation_holdout.tsv"
@@ -66,23 +66,23 @@ class BuildConfig:
 
 def _check_config(config):
     if config.train_directory and config.train_tar:
-        raise DataPrepError("give --train_directory or --train_tar, not both")
+        raise PipelineError("give --train_directory or --train_tar, not both")
     if config.validation_directory and config.validation_tar:
-        raise DataPrepError("give --validation_directory or --validation_tar, not both")
+        raise PipelineError("give --validation_directory or --validation_tar, not both")
     if config.validation_labels_file and not (config.validation_directory or config.validation_tar):
-        raise DataPrepError("--validation_labels_file needs --validation_directory or --validation_tar")
+        raise PipelineError("--validation_labels_file needs --validation_directory or --validation_tar")
     if config.validation_fraction is not None:
         if config.validation_directory or config.validation_tar:
-            raise DataPrepError("give --validation_fraction (hold out part of the training images) or "
+            raise PipelineError("give --validation_fraction (hold out part of the training images) or "
                                 "--validation_directory/--validation_tar (a separate validation set), not both")
         if not (config.train_directory or config.train_tar):
-            raise DataPrepError("--validation_fraction holds out part of the training images: give "
+            raise PipelineError("--validation_fraction holds out part of the training images: give "
                                 "--train_directory or --train_tar")
         if not 0 < config.validation_fraction < 1:
-            raise DataPrepError(f"--validation_fraction must be between 0 and 1 (e.g. 0.1 holds out 10% of "
+            raise PipelineError(f"--validation_fraction must be between 0 and 1 (e.g. 0.1 holds out 10% of "
                                 f"every class), not {config.validation_fraction}")
     if not (config.train_directory or config.train_tar or config.validation_directory or config.validation_tar):
-        raise DataPrepError("nothing to build: give --train_directory/--train_tar and/or "
+        raise PipelineError("nothing to build: give --train_directory/--train_tar and/or "
                             "--validation_directory/--validation_tar")
     # Before listing the inputs, which takes minutes for the ImageNet tars.
     for flag, path in (("--train_directory", config.train_directory), ("--train_tar", config.train_tar),
@@ -93,9 +93,9 @@ def _check_config(config):
                        ("--imagenet_metadata_file", config.imagenet_metadata_file),
                        ("--bounding_box_file", config.bounding_box_file)):
         if path and not os.path.exists(path):
-            raise DataPrepError(f"{flag} {path} does not exist")
+            raise PipelineError(f"{flag} {path} does not exist")
     if config.first_label not in (0, 1):
-        raise DataPrepError(f"--first_label must be 1 (labels 1..N, 0 = background, the established "
+        raise PipelineError(f"--first_label must be 1 (labels 1..N, 0 = background, the established "
                             f"convention) or 0 (labels 0..N-1), not {config.first_label}")
     for flag, value, minimum in (("--train_shards", config.train_shards, 1),
                                  ("--validation_shards", config.validation_shards, 1),
@@ -103,7 +103,7 @@ def _check_config(config):
                                  ("--max_bad_files", config.max_bad_files, 0),
                                  ("--max_pixels", config.max_pixels, 1)):
         if value < minimum:
-            raise DataPrepError(f"{flag} must be at least {minimum}, not {value}")
+            raise PipelineError(f"{flag} must be at least {minimum}, not {value}")
 
 
 @dataclasses.dataclass
@@ -129,7 +129,7 @@ def _class_texts(config, synsets):
     metadata = inputs.read_metadata(config.imagenet_metadata_file)
     missing = [synset for synset in synsets if synset not in metadata]
     if missing:
-        raise DataPrepError(f"--imagenet_metadata_file {config.imagenet_metadata_file} has no line for "
+        raise PipelineError(f"--imagenet_metadata_file {config.imagenet_metadata_file} has no line for "
                             f"{len(missing)} classes (first: {missing[0]!r}); give every class a line")
     return {synset: metadata[synset] for synset in synsets}
 
@@ -141,7 +141,7 @@ def _check_known(synsets, labels, what):
         if unicodedata.normalize("NFC", unknown[0]) in {unicodedata.normalize("NFC", name) for name in labels}:
             # macOS writes folder names decomposed (e + combining accent), most editors composed (é).
             hint = " (it differs from a line of --labels_file only in how accents are encoded: retype the line)"
-        raise DataPrepError(f"{what} has {len(unknown)} classes that are not among the classes of "
+        raise PipelineError(f"{what} has {len(unknown)} classes that are not among the classes of "
                             f"--labels_file (first: {unknown[0]!r}){hint}; fix --labels_file or the input")
 
 
@@ -154,20 +154,20 @@ def _validation_sources(config, labels):
         layout, (listing, non_images) = "flat", inputs.list_flat_tar(config.validation_tar, flag)
     if layout == "classes":
         if config.validation_labels_file:
-            raise DataPrepError(f"{flag} {config.validation_directory} is already in class folders; drop "
+            raise PipelineError(f"{flag} {config.validation_directory} is already in class folders; drop "
                                 f"--validation_labels_file (it is for flat validation images)")
         _check_known(listing, labels, f"{flag} {config.validation_directory}")
         return [(synset, source) for synset, sources in listing.items() for source in sources], non_images
     if not config.validation_labels_file:
-        raise DataPrepError(f"{flag} holds flat images: give --validation_labels_file (one synset per line, "
+        raise PipelineError(f"{flag} holds flat images: give --validation_labels_file (one synset per line, "
                             f"in sorted file-name order)")
     lines = inputs.read_lines(config.validation_labels_file, "--validation_labels_file")
     if len(lines) != len(listing):
-        raise DataPrepError(f"--validation_labels_file {config.validation_labels_file} has {len(lines):,} "
+        raise PipelineError(f"--validation_labels_file {config.validation_labels_file} has {len(lines):,} "
                             f"labels but {flag} holds {len(listing):,} images; they must match one to one")
     for number, synset in lines:
         if synset not in labels:
-            raise DataPrepError(f"--validation_labels_file {config.validation_labels_file} line {number}: "
+            raise PipelineError(f"--validation_labels_file {config.validation_labels_file} line {number}: "
                                 f"synset {synset} is not among the classes; fix --labels_file or the labels")
     return [(synset, source) for (_, synset), source in zip(lines, listing)], non_images
 
@@ -183,7 +183,7 @@ def _plan_splits(config, log):
     elif train_classes is not None:
         synsets = sorted(train_classes)
     else:
-        raise DataPrepError("give --labels_file: without training images the class list (and so the labels) "
+        raise PipelineError("give --labels_file: without training images the class list (and so the labels) "
                             "cannot be derived")
     labels = {synset: index + config.first_label for index, synset in enumerate(synsets)}
     texts = _class_texts(config, synsets)
@@ -217,7 +217,7 @@ def _plan_splits(config, log):
     for name, (split_pairs, non_images) in split_sources.items():
         num_shards = config.train_shards if name == "train" else config.validation_shards
         if num_shards > len(split_pairs):
-            raise DataPrepError(f"--{name}_shards={num_shards} is more than the {len(split_pairs):,} {name} "
+            raise PipelineError(f"--{name}_shards={num_shards} is more than the {len(split_pairs):,} {name} "
                                 f"images; use at most {len(split_pairs):,} shards")
         entries = shard_plan.shuffled([entry(synset, source) for synset, source in split_pairs], config.seed)
         plans.append(_SplitPlan(name, entries, num_shards, non_images))
@@ -230,11 +230,11 @@ def _check_boxes_match(path, boxes, plans, log):
     """A box CSV for another dataset (or file naming) would otherwise give every image no box, silently."""
     planned_names = {entry.source.file_name for plan in plans for entry in plan.entries}
     if not boxes:
-        raise DataPrepError(f"--bounding_box_file {path} holds no boxes; rebuild it with "
+        raise PipelineError(f"--bounding_box_file {path} holds no boxes; rebuild it with "
                             f"data_prep.process_bounding_boxes or leave the flag out")
     unmatched = [name for name in boxes if name not in planned_names]
     if len(unmatched) == len(boxes):
-        raise DataPrepError(f"--bounding_box_file {path} has boxes for {len(boxes):,} images, but none of them "
+        raise PipelineError(f"--bounding_box_file {path} has boxes for {len(boxes):,} images, but none of them "
                             f"is among the {len(planned_names):,} input images (first: {unmatched[0]!r}); is it "
                             f"the CSV for this dataset?")
     if unmatched:
@@ -251,12 +251,12 @@ class _OutputDirectory:
             os.makedirs(path, exist_ok=True)
             self._lock_file = open(os.path.join(path, LOCK_NAME), "a")
         except OSError as error:
-            raise DataPrepError(f"cannot write --output_directory {path}: {error.strerror or error}") from None
+            raise PipelineError(f"cannot write --output_directory {path}: {error.strerror or error}") from None
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
-            raise DataPrepError(f"another build is writing to --output_directory {path}; wait for it or use "
+            raise PipelineError(f"another build is writing to --output_directory {path}; wait for it or use "
                                 f"another folder") from None
 
     def check_no_foreign_shards(self, plans):
@@ -264,7 +264,7 @@ class _OutputDirectory:
         for name in sorted(os.listdir(self.path)):
             match = _SHARD_PATTERN.match(name)
             if match and match.group(1) in counts and int(match.group(3)) != counts[match.group(1)]:
-                raise DataPrepError(
+                raise PipelineError(
                     f"--output_directory {self.path} holds {name} from a build with another shard count; "
                     f"readers would mix them: remove the old {match.group(1)}-* shards or use another folder")
 
@@ -307,7 +307,7 @@ def _check_kept_splits_match(previous, plan, first_label, output_directory):
             kept[name] = match.group(1)
     unknown = [name for name in kept if name not in previous.get("shards", {})]
     if unknown:
-        raise DataPrepError(f"{output_directory} holds {unknown[0]} (and {len(unknown) - 1} more), which "
+        raise PipelineError(f"{output_directory} holds {unknown[0]} (and {len(unknown) - 1} more), which "
                             f"{SUMMARY_NAME} does not describe, so its labels cannot be checked against this run's "
                             f"classes: rebuild the {kept[unknown[0]]} split in this run (give its input too) or "
                             f"remove the old {kept[unknown[0]]}-* shards")
@@ -318,7 +318,7 @@ def _check_kept_splits_match(previous, plan, first_label, output_directory):
         return
     changes = [f"{name!r} is now label {label}" for label, name in new_classes if (label, name) not in old_classes]
     changes += [f"{name!r} is gone" for _, name in old_classes if name not in plan.labels]
-    raise DataPrepError(
+    raise PipelineError(
         f"the {splits} shards in {output_directory} were built with another class list ({len(old_classes)} classes, "
         f"now {len(new_classes)}: {changes[0] if changes else '--first_label differs'}), so their labels would "
         f"disagree: rebuild them in this run (give their input too) or remove the old {splits}-* shards")
@@ -356,8 +356,8 @@ def _worker_main(task_queue, result_queue):
     for index, task in iter(task_queue.get, None):
         result_queue.put(("started", index, os.getpid()))
         try:
-            result_queue.put(("done", index, shard_plan.run_shard_task(task)))
-        except DataPrepError as error:
+            result_queue.put(("done", index, run_shard_task(task)))
+        except PipelineError as error:
             result_queue.put(("bad input", index, str(error)))
         except Exception:  # a bug: its traceback goes to the build process, which re-raises it
             result_queue.put(("crashed", index, traceback.format_exc()))
@@ -396,7 +396,7 @@ def _run_in_workers(tasks, num_workers):
                 if dead:
                     index = shard_of_worker.get(dead[0].pid)
                     shard = tasks[index].name if index is not None else "the shard it had just taken"
-                    raise DataPrepError(
+                    raise PipelineError(
                         f"build worker {dead[0].pid} {_describe_exit(dead[0].exitcode)} while building {shard}; "
                         f"the {finished} shards done so far are kept: run the same command again to "
                         f"resume (with fewer --num_workers if memory is short)") from None
@@ -407,7 +407,7 @@ def _run_in_workers(tasks, num_workers):
                 finished += 1
                 yield payload
             elif kind == "bad input":
-                raise DataPrepError(payload)
+                raise PipelineError(payload)
             else:
                 raise RuntimeError(f"building {tasks[index].name} failed in a worker process:\n{payload}")
         for worker in workers:
@@ -421,10 +421,17 @@ def _run_in_workers(tasks, num_workers):
         task_queue.cancel_join_thread()  # unsent tasks must not keep this process from exiting
 
 
+def run_shard_task(task):
+    """Worker entry point (picklable by reference for 'spawn' pools)."""
+    # TensorFlow loads here, in the worker, never in the process that starts the workers.
+    from data_prep import shard_writer
+    return shard_writer.write_shard(task)
+
+
 def _run_tasks(tasks, num_workers):
     """Yields ShardResults as shards finish; worker processes when num_workers > 1, else this process."""
     if num_workers == 1:
-        yield from map(shard_plan.run_shard_task, tasks)
+        yield from map(run_shard_task, tasks)
         return
     yield from _run_in_workers(tasks, num_workers)
 
@@ -543,7 +550,7 @@ class _Summary:
         try:
             _write_atomically(self.path, json.dumps(self.content(status), indent=1))
         except OSError as error:
-            raise DataPrepError(f"cannot write {self.path}: {error.strerror or error}") from None
+            raise PipelineError(f"cannot write {self.path}: {error.strerror or error}") from None
 
 
 def _write_holdout_list(config, plan):
@@ -558,7 +565,7 @@ def _write_holdout_list(config, plan):
         text = holdout.held_out_list(plan.held_out)
         _write_atomically(path, text)
     except OSError as error:
-        raise DataPrepError(f"cannot write {path}: {error.strerror or error}") from None
+        raise PipelineError(f"cannot write {path}: {error.strerror or error}") from None
     return {"fraction": config.validation_fraction, "seed": config.seed,
             "images": sum(len(sources) for sources in plan.held_out.values()),
             "file_list": HOLDOUT_LIST_NAME,
@@ -618,13 +625,13 @@ def build(config, log=None):
                         log.write(f"note: converted {path} ({conversion})\n")
                 bad_files = summary.bad_file_count()
                 if bad_files > config.max_bad_files:
-                    raise DataPrepError(f"{bad_files} bad files, more than --max_bad_files={config.max_bad_files}; "
+                    raise PipelineError(f"{bad_files} bad files, more than --max_bad_files={config.max_bad_files}; "
                                         f"see 'skipped_files' in {summary_path}, fix or remove them (or raise "
                                         f"--max_bad_files) and run the same command again")
                 summary.write("in_progress")
                 if not result.reused:
                     progress.advance(planned_images[result.name])
-        except DataPrepError:
+        except PipelineError:
             summary.write("failed")  # still vouching for the shards finished so far: a re-run reuses them
             raise
         summary.write("complete")

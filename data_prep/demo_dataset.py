@@ -14,7 +14,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_prep.errors import DataPrepError
+from official.utils.errors import PipelineError
 
 _SHAPES = ("disc", "square", "triangle", "cross", "ring", "diamond", "bar")
 _COLOURS = (("red", (220, 40, 40)), ("green", (40, 190, 60)), ("blue", (50, 80, 230)),
@@ -45,7 +45,7 @@ def demo_classes(num_classes):
     """Classes differ in shape and colour (and texture beyond the first few), in a fixed order."""
     max_classes = len(_SHAPES) * len(_COLOURS) * len(_TEXTURES)
     if not 1 <= num_classes <= max_classes:
-        raise DataPrepError(f"--num_classes must be between 1 and {max_classes}, not {num_classes}")
+        raise PipelineError(f"--num_classes must be between 1 and {max_classes}, not {num_classes}")
     classes = []
     for index in range(num_classes):
         # Walk shape and colour together so neighbouring classes differ in both.
@@ -168,28 +168,28 @@ def make_demo_dataset(output_dir, num_classes=5, train_per_class=60, val_per_cla
     folder holding this very dataset (same settings) is left as it is.
     """
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise DataPrepError(f"--image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, not {image_size}")
+        raise PipelineError(f"--image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, not {image_size}")
     if train_per_class < 1 or val_per_class < 0:
-        raise DataPrepError("--train_per_class must be at least 1 and --val_per_class at least 0")
+        raise PipelineError("--train_per_class must be at least 1 and --val_per_class at least 0")
     if seed < 0:
-        raise DataPrepError(f"--seed must be at least 0, not {seed}")
+        raise PipelineError(f"--seed must be at least 0, not {seed}")
     classes = demo_classes(num_classes)
     settings = {"num_classes": num_classes, "train_per_class": train_per_class, "val_per_class": val_per_class,
                 "image_size": image_size, "seed": seed}
     output_dir = os.path.abspath(output_dir)
     if os.path.isfile(output_dir):
-        raise DataPrepError(f"--output_dir {output_dir} is a file, not a folder")
+        raise PipelineError(f"--output_dir {output_dir} is a file, not a folder")
     try:
         existing = os.listdir(output_dir)
     except (FileNotFoundError, NotADirectoryError):
         existing = []  # creating it says what is wrong, if anything
     except OSError as error:
-        raise DataPrepError(f"cannot read --output_dir {output_dir}: {error.strerror or error}") from None
+        raise PipelineError(f"cannot read --output_dir {output_dir}: {error.strerror or error}") from None
     if existing:
         if _previous_settings(output_dir) == settings:
             (log or sys.stderr).write(f"{output_dir} already holds this demo dataset; nothing written\n")
             return classes
-        raise DataPrepError(f"--output_dir {output_dir} is not empty and does not hold a demo dataset made with "
+        raise PipelineError(f"--output_dir {output_dir} is not empty and does not hold a demo dataset made with "
                             f"these settings; give a new or empty folder (nothing was written)")
     temporary = None
     try:
@@ -201,7 +201,7 @@ def make_demo_dataset(output_dir, num_classes=5, train_per_class=60, val_per_cla
         os.replace(temporary, output_dir)  # fails, leaving it alone, if something appeared there meanwhile
         temporary = None
     except OSError as error:
-        raise DataPrepError(f"cannot write --output_dir {output_dir}: {error.strerror or error}") from None
+        raise PipelineError(f"cannot write --output_dir {output_dir}: {error.strerror or error}") from None
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)

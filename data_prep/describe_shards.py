@@ -22,8 +22,8 @@ from absl import flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402 (must follow the log level)
 
-from data_prep.errors import DataPrepError  # noqa: E402
-from data_prep.progress import ProgressReporter  # noqa: E402
+from official.utils.errors import PipelineError  # noqa: E402
+from official.utils.progress import ProgressReporter  # noqa: E402
 
 SUMMARY_NAME = "build_summary.json"
 # Marks a summary written here, so that readers know the shards were not built by data_prep.
@@ -44,7 +44,7 @@ def list_shards(data_dir):
     try:
         names = tf.io.gfile.listdir(data_dir)
     except tf.errors.NotFoundError:
-        raise DataPrepError(f"--data_dir {data_dir} does not exist") from None
+        raise PipelineError(f"--data_dir {data_dir} does not exist") from None
     shards, totals = collections.defaultdict(list), collections.defaultdict(set)
     for name in sorted(names):
         match = _SHARD_NAME.match(name)
@@ -53,10 +53,10 @@ def list_shards(data_dir):
             totals[match.group(1)].add(int(match.group(3)))
     for split, split_totals in totals.items():
         if len(split_totals) > 1:
-            raise DataPrepError(f"--data_dir {data_dir} holds {split} shards of sets of different sizes "
+            raise PipelineError(f"--data_dir {data_dir} holds {split} shards of sets of different sizes "
                                 f"({', '.join(map(str, sorted(split_totals)))}): keep one set")
     if not shards:
-        raise DataPrepError(f"--data_dir {data_dir} holds no train-*-of-* or validation-*-of-* shards: "
+        raise PipelineError(f"--data_dir {data_dir} holds no train-*-of-* or validation-*-of-* shards: "
                             "point it at the directory of TFRecord shards")
     return dict(shards)
 
@@ -80,10 +80,10 @@ def _read_shard(path):
                               batch["image/class/synset"].numpy().tolist(),
                               batch["image/class/text"].numpy().tolist()))
     except tf.errors.DataLossError:
-        raise DataPrepError(f"{path} is truncated or corrupt (not a readable TFRecord file); copy it "
+        raise PipelineError(f"{path} is truncated or corrupt (not a readable TFRecord file); copy it "
                             "again or leave it out") from None
     except tf.errors.InvalidArgumentError as error:
-        raise DataPrepError(f"{path} holds a record without an int64 image/class/label, so it is not "
+        raise PipelineError(f"{path} holds a record without an int64 image/class/label, so it is not "
                             f"an ImageNet TFRecord shard ({error.message.splitlines()[0]})") from None
     return {(label, synset.decode("utf-8", "replace"), text.decode("utf-8", "replace")): count
             for (label, synset, text), count in counts.items()}
@@ -96,11 +96,11 @@ def _class_table(per_shard_counts):
         for label, name, text in counts:
             name = name or f"label_{label}"  # records without a synset still get a stable name
             if classes.setdefault(label, (name, text or name))[0] != name:
-                raise DataPrepError(f"{path}: label {label} is {name!r} there but "
+                raise PipelineError(f"{path}: label {label} is {name!r} there but "
                                     f"{classes[label][0]!r} elsewhere; the shards mix label "
                                     "conventions (were they built with different class lists?)")
             if label_of_name.setdefault(name, label) != label:
-                raise DataPrepError(f"{path}: class {name!r} has label {label} there but "
+                raise PipelineError(f"{path}: class {name!r} has label {label} there but "
                                     f"{label_of_name[name]} elsewhere; the shards mix label conventions "
                                     "(were they built with different class lists?)")
     return classes
@@ -110,12 +110,12 @@ def _first_label(classes):
     """1 for the established labels 1..N (0 is background), 0 for 0..N-1; the labels must be dense."""
     labels = sorted(classes)
     if labels[0] < 0:
-        raise DataPrepError(f"the records have a negative label ({labels[0]}); labels must be 0..N-1 "
+        raise PipelineError(f"the records have a negative label ({labels[0]}); labels must be 0..N-1 "
                             "or 1..N")
     first = 0 if labels[0] == 0 else 1
     missing = sorted(set(range(first, labels[-1] + 1)) - set(labels))
     if missing:
-        raise DataPrepError(
+        raise PipelineError(
             f"no record has label {missing[0]} ({len(missing)} labels of {first}..{labels[-1]} have "
             "no record), so the class count cannot be known from these shards: describe the complete "
             "set of shards")
@@ -136,7 +136,7 @@ def describe(data_dir, log=None, progress_interval=10.0):
         progress.advance(1)
     classes = _class_table(per_shard_counts)
     if not classes:
-        raise DataPrepError(f"the shards in --data_dir {data_dir} hold no records")
+        raise PipelineError(f"the shards in --data_dir {data_dir} hold no records")
     first_label = _first_label(classes)
     splits = {}
     for split, paths in shards.items():
@@ -172,7 +172,7 @@ def describe(data_dir, log=None, progress_interval=10.0):
 def _summary_path(data_dir, overwrite):
     path = os.path.join(data_dir, SUMMARY_NAME)
     if not overwrite and tf.io.gfile.exists(path):
-        raise DataPrepError(f"{path} exists already; pass --overwrite to replace it")
+        raise PipelineError(f"{path} exists already; pass --overwrite to replace it")
     return path
 
 
@@ -185,7 +185,7 @@ def write_summary(data_dir, summary, overwrite=False):
             output.write(json.dumps(summary, indent=1, ensure_ascii=False))
         tf.io.gfile.rename(temporary, path, overwrite=True)
     except (tf.errors.OpError, OSError) as error:
-        raise DataPrepError(f"cannot write {path}: {getattr(error, 'message', error)}") from None
+        raise PipelineError(f"cannot write {path}: {getattr(error, 'message', error)}") from None
     return path
 
 
@@ -215,7 +215,7 @@ def main(argv):
         raise app.UsageError("--data_dir is required")
     try:
         describe_and_write(flags.FLAGS.data_dir, overwrite=flags.FLAGS.overwrite)
-    except DataPrepError as error:
+    except PipelineError as error:
         sys.exit(f"error: {error}")
 
 

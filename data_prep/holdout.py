@@ -13,7 +13,7 @@ import hashlib
 import io
 import math
 
-from data_prep.errors import DataPrepError
+from official.utils.errors import PipelineError
 
 
 def held_out_count(num_images, fraction):
@@ -32,7 +32,7 @@ def split_classes(classes, fraction, seed):
     too_few = [(name, len(sources)) for name, sources in classes.items() if len(sources) < 2]
     if too_few:
         name, count = too_few[0]
-        raise DataPrepError(f"--validation_fraction needs at least 2 images in every class (one to hold out, "
+        raise PipelineError(f"--validation_fraction needs at least 2 images in every class (one to hold out, "
                             f"one to train on), but {len(too_few)} classes have fewer (first: {name!r} with "
                             f"{count}); add images to them or leave them out of the dataset")
     train, validation = {}, {}

@@ -3,7 +3,7 @@
 Formats are detected from the bytes, never from the file name. RGB JPEGs are stored byte-for-byte after
 TensorFlow's own decoder (the one training uses) has read them completely; anything else Pillow can read
 (PNG, CMYK or grayscale JPEG, ...) is converted to an RGB JPEG of exactly the pixels serving decodes from
-the original bytes (16-bit depth scaled, transparency on black: official.xception.image_decoding).
+the original bytes (16-bit depth scaled, transparency on black: official.utils.image_decoding).
 Imports TensorFlow: use only in workers.
 """
 
@@ -15,10 +15,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from official.xception import image_decoding
+from official.utils import image_decoding
 
 from data_prep.file_kinds import JPEG_MAGIC
-from data_prep.progress import StageTimes
+from official.utils.progress import StageTimes
 
 # Our own pixel limit is checked from the header before any decoding; Pillow's must not fire first.
 Image.MAX_IMAGE_PIXELS = None
@@ -100,7 +100,7 @@ def _pillow_pixels(image):
 
 def decode_pixels(data, image):
     """[h, w, 3] uint8 RGB of the raw bytes `data` (opened by Pillow as `image`): exactly what serving's
-    decoder computes from the same bytes (official.xception.image_decoding). Formats it cannot read
+    decoder computes from the same bytes (official.utils.image_decoding). Formats it cannot read
     (TIFF, WebP, BMP variants it refuses) go through Pillow and then the same compositing rule."""
     if image.format in SERVING_DECODED_FORMATS:
         try:

@@ -12,7 +12,7 @@ import posixpath
 import tarfile
 
 from data_prep import file_kinds
-from data_prep.errors import DataPrepError
+from official.utils.errors import PipelineError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,7 @@ def _check_class_name(name, where, flag):
         name.encode("utf-8")
     except UnicodeEncodeError:
         # Class names go into every record and the summary as UTF-8 text.
-        raise DataPrepError(f"class folder {where} under {flag} has a name that is not valid UTF-8 "
+        raise PipelineError(f"class folder {where} under {flag} has a name that is not valid UTF-8 "
                             f"({os.fsencode(name)!r}); rename it") from None
 
 
@@ -96,11 +96,11 @@ def _scandir_sorted(directory, flag):
         with os.scandir(directory) as entries:
             return sorted(entries, key=lambda entry: entry.name)
     except FileNotFoundError:
-        raise DataPrepError(f"{flag} {directory} does not exist") from None
+        raise PipelineError(f"{flag} {directory} does not exist") from None
     except NotADirectoryError:
-        raise DataPrepError(f"{flag} {directory} is not a directory") from None
+        raise PipelineError(f"{flag} {directory} is not a directory") from None
     except OSError as error:
-        raise DataPrepError(f"cannot read {flag} {directory}: {error.strerror or error}") from None
+        raise PipelineError(f"cannot read {flag} {directory}: {error.strerror or error}") from None
 
 
 def _is_folder(entry):
@@ -127,7 +127,7 @@ def _folder_key(path, flag):
     try:
         stat = os.stat(path)
     except OSError as error:
-        raise DataPrepError(f"cannot read {flag} folder {path}: {error.strerror or error}") from None
+        raise PipelineError(f"cannot read {flag} folder {path}: {error.strerror or error}") from None
     return stat.st_dev, stat.st_ino
 
 
@@ -138,7 +138,7 @@ def _files_under(directory, flag, root, ancestors):
     would make the walk endless."""
     key = _folder_key(directory, flag)
     if key in ancestors:
-        raise DataPrepError(f"{directory} under {flag} is a symbolic link to a folder that contains it (a loop); "
+        raise PipelineError(f"{directory} under {flag} is a symbolic link to a folder that contains it (a loop); "
                             f"remove the link")
     sources = []
     for entry in _scandir_sorted(directory, flag):
@@ -163,11 +163,11 @@ def list_class_folders(directory, flag):
             _check_class_name(entry.name, entry.path, flag)
             sources = _images_only(_files_under(entry.path, flag, entry.path, top), entry.name, non_images)
             if not sources:
-                raise DataPrepError(f"class folder {entry.path} under {flag} holds no images; restore its "
+                raise PipelineError(f"class folder {entry.path} under {flag} holds no images; restore its "
                                     f"images or remove the folder")
             classes[entry.name] = sources
     if not classes:
-        raise DataPrepError(f"{flag} {directory} has no class sub-folders (expected one folder per class)")
+        raise PipelineError(f"{flag} {directory} has no class sub-folders (expected one folder per class)")
     return classes, non_images
 
 
@@ -179,12 +179,12 @@ def list_validation_directory(directory, flag):
                          non_images)
     if any(_is_folder(entry) for entry in entries):
         if files:
-            raise DataPrepError(f"{flag} {directory} holds both image files and sub-folders; expected either "
+            raise PipelineError(f"{flag} {directory} holds both image files and sub-folders; expected either "
                                 f"flat images (with --validation_labels_file) or one folder per class")
         classes, class_non_images = list_class_folders(directory, flag)
         return "classes", classes, non_images + class_non_images
     if not files:
-        raise DataPrepError(f"{flag} {directory} holds no images")
+        raise PipelineError(f"{flag} {directory} holds no images")
     return "flat", files, non_images
 
 
@@ -218,7 +218,7 @@ def _open_tar(raw_file, flag, tar_path, start=0, size=None):
     try:
         return tarfile.open(fileobj=window, mode="r:")
     except tarfile.TarError as error:
-        raise DataPrepError(f"{flag} {tar_path} is not an uncompressed tar archive ({error}); the ILSVRC2012 "
+        raise PipelineError(f"{flag} {tar_path} is not an uncompressed tar archive ({error}); the ILSVRC2012 "
                             f"image tars are plain .tar files") from None
 
 
@@ -234,20 +234,20 @@ def _tar_files(archive, flag, tar_path, base_offset=0, prefix=""):
                 yield ImageSource(tar_path, prefix + name, base_offset + member.offset_data, member.size,
                                   int(member.mtime), name)
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise DataPrepError(f"{flag} {tar_path} is truncated or corrupt ({error}); download it again") from None
+        raise PipelineError(f"{flag} {tar_path} is truncated or corrupt ({error}); download it again") from None
 
 
 def _open_raw(tar_path, flag):
     # Checked before opening: opening a named pipe would wait for a writer, forever.
     if os.path.exists(tar_path) and not os.path.isfile(tar_path):
-        raise DataPrepError(f"{flag} {tar_path} is not a regular file (it is read by offset: a folder or "
+        raise PipelineError(f"{flag} {tar_path} is not a regular file (it is read by offset: a folder or "
                             f"a pipe will not do)")
     try:
         return open(tar_path, "rb", buffering=0)
     except FileNotFoundError:
-        raise DataPrepError(f"{flag} {tar_path} does not exist") from None
+        raise PipelineError(f"{flag} {tar_path} does not exist") from None
     except OSError as error:
-        raise DataPrepError(f"cannot read {flag} {tar_path}: {error.strerror or error}") from None
+        raise PipelineError(f"cannot read {flag} {tar_path}: {error.strerror or error}") from None
 
 
 def list_train_tar(tar_path, flag="--train_tar"):
@@ -266,11 +266,11 @@ def list_train_tar(tar_path, flag="--train_tar"):
             sources = _images_only(_tar_files(inner, flag, tar_path, inner_source.offset, prefix=name + "/"),
                                    class_name, non_images)
             if not sources:
-                raise DataPrepError(f"{tar_path}:{name} under {flag} holds no images; download the archive "
+                raise PipelineError(f"{tar_path}:{name} under {flag} holds no images; download the archive "
                                     f"again")
             classes[class_name] = sorted(sources, key=lambda source: source.relative_path)
     if not classes:
-        raise DataPrepError(f"{flag} {tar_path} holds no <synset>.tar archives; is it ILSVRC2012_img_train.tar?")
+        raise PipelineError(f"{flag} {tar_path} holds no <synset>.tar archives; is it ILSVRC2012_img_train.tar?")
     return dict(sorted(classes.items())), non_images
 
 
@@ -280,7 +280,7 @@ def list_flat_tar(tar_path, flag="--validation_tar"):
     with _open_raw(tar_path, flag) as raw_file:
         sources = _images_only(_tar_files(_open_tar(raw_file, flag, tar_path), flag, tar_path), "", non_images)
     if not sources:
-        raise DataPrepError(f"{flag} {tar_path} holds no images")
+        raise PipelineError(f"{flag} {tar_path} holds no images")
     return sorted(sources, key=lambda source: source.file_name), non_images
 
 
@@ -291,11 +291,11 @@ def read_lines(path, flag):
         with open(path, encoding="utf-8-sig") as text_file:
             return [(number, line.strip()) for number, line in enumerate(text_file, start=1) if line.strip()]
     except FileNotFoundError:
-        raise DataPrepError(f"{flag} {path} does not exist") from None
+        raise PipelineError(f"{flag} {path} does not exist") from None
     except UnicodeDecodeError:
-        raise DataPrepError(f"{flag} {path} is not UTF-8 text") from None
+        raise PipelineError(f"{flag} {path} is not UTF-8 text") from None
     except OSError as error:
-        raise DataPrepError(f"cannot read {flag} {path}: {error.strerror or error}") from None
+        raise PipelineError(f"cannot read {flag} {path}: {error.strerror or error}") from None
 
 
 def read_class_names(path, flag):
@@ -304,14 +304,14 @@ def read_class_names(path, flag):
     seen = {}
     for number, text in read_lines(path, flag):
         if text in seen:
-            raise DataPrepError(f"{flag} {path} line {number}: class {text!r} already on line {seen[text]}")
+            raise PipelineError(f"{flag} {path} line {number}: class {text!r} already on line {seen[text]}")
         if "\t" in text:
-            raise DataPrepError(f"{flag} {path} line {number}: expected one class name per line, got {text!r} "
+            raise PipelineError(f"{flag} {path} line {number}: expected one class name per line, got {text!r} "
                                 f"('name<TAB>text' lines belong in --imagenet_metadata_file)")
         seen[text] = number
         names.append(text)
     if not names:
-        raise DataPrepError(f"{flag} {path} is empty")
+        raise PipelineError(f"{flag} {path} is empty")
     return names
 
 
@@ -321,6 +321,6 @@ def read_metadata(path, flag="--imagenet_metadata_file"):
     for number, text in read_lines(path, flag):
         name, tab, human = text.partition("\t")
         if not tab:
-            raise DataPrepError(f"{flag} {path} line {number}: expected 'class name<TAB>text', got {text!r}")
+            raise PipelineError(f"{flag} {path} line {number}: expected 'class name<TAB>text', got {text!r}")
         texts[name.strip()] = human.strip()
     return texts

@@ -13,7 +13,7 @@ from absl import app
 from absl import flags
 
 from data_prep import demo_dataset
-from data_prep.errors import DataPrepError
+from official.utils.errors import PipelineError
 
 flags.DEFINE_string("output_dir", None, "Where to write the dataset: a new or empty folder (one holding this "
                     "very dataset is left as it is).")
@@ -34,7 +34,7 @@ def main(argv):
     try:
         classes = demo_dataset.make_demo_dataset(FLAGS.output_dir, FLAGS.num_classes, FLAGS.train_per_class,
                                                  FLAGS.val_per_class, FLAGS.image_size, FLAGS.seed)
-    except DataPrepError as error:
+    except PipelineError as error:
         sys.exit(f"error: {error}")
     sys.stderr.write(f"{FLAGS.output_dir}: {len(classes)} classes × ({FLAGS.train_per_class} train + "
                      f"{FLAGS.val_per_class} val) images of {FLAGS.image_size}², ready in "

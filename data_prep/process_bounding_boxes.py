@@ -13,7 +13,7 @@ from absl import app
 from absl import flags
 
 from data_prep import bounding_boxes
-from data_prep.errors import DataPrepError
+from official.utils.errors import PipelineError
 
 flags.DEFINE_string("bounding_box_dir", None, "Folder with the XML annotations (searched recursively).")
 flags.DEFINE_string("bounding_box_tar", None,
@@ -30,7 +30,7 @@ def main(argv):
     try:
         stats = bounding_boxes.write_csv(FLAGS.output_file, directory=FLAGS.bounding_box_dir,
                                          tar_path=FLAGS.bounding_box_tar)
-    except DataPrepError as error:
+    except PipelineError as error:
         sys.exit(f"error: {error}")
     sys.stderr.write(f"wrote {FLAGS.output_file}: {stats.summary_line()}\n")
 

@@ -87,10 +87,3 @@ def plan_digest(split, index, num_shards, entries, max_pixels):
         digest.update(f"\n{entry.source.identity()}\0{entry.label}\0{entry.synset}\0{entry.text}\0"
                       f"{entry.boxes!r}".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
-
-
-def run_shard_task(task):
-    """Worker entry point (picklable by reference for 'spawn' pools)."""
-    # TensorFlow loads here, in the worker, never in the process that starts the workers.
-    from data_prep import shard_writer
-    return shard_writer.write_shard(task)

@@ -8,11 +8,11 @@ import os
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import tensorflow as tf  # noqa: E402 (must follow the log level)
 
-from data_prep.errors import DataPrepError
 from data_prep.image_coding import BadImageError, prepare_image
 from data_prep.inputs import read_image_bytes
-from data_prep.progress import StageTimes
 from data_prep.shard_plan import ShardResult, incomplete_name
+from official.utils.errors import PipelineError
+from official.utils.progress import StageTimes
 
 _HASH_CHUNK_BYTES = 1 << 20
 
@@ -137,7 +137,7 @@ def write_shard(task):
                 os.close(directory)
     except (OSError, tf.errors.OpError) as error:
         message = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
-        raise DataPrepError(f"writing {temporary_path} failed: {message}; check free space and permissions "
+        raise PipelineError(f"writing {temporary_path} failed: {message}; check free space and permissions "
                             f"of --output_directory") from None
     return ShardResult(task.name, records, size, sha256, task.plan_digest, skipped, converted,
                        reused=False, stage_seconds=dict(stage_times.seconds))

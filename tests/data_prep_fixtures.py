@@ -4,7 +4,6 @@ import dataclasses
 import glob
 import io
 import os
-import tarfile
 
 import numpy as np
 import tensorflow as tf
@@ -147,38 +146,6 @@ def make_raw_tree(root, images_per_class=6, validation_per_class=3, seed=0, quir
         output.write("\n".join(box_lines) + "\n")
     return RawTree(root, train_directory, validation_directory, paths["val_labels.txt"], paths["synsets.txt"],
                    paths["metadata.txt"], paths["boxes.csv"], good_train, good_validation, bad_train)
-
-
-def _add_bytes(archive, name, data, mtime=1_600_000_000):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = mtime
-    archive.addfile(info, io.BytesIO(data))
-
-
-def make_train_tar(train_directory, tar_path):
-    """The ILSVRC2012_img_train.tar layout: one `<synset>.tar` per class holding that class's files.
-
-    Members are paths relative to the class folder (flat file names in the original).
-    """
-    with tarfile.open(tar_path, "w", format=tarfile.GNU_FORMAT) as outer:
-        for synset in sorted(os.listdir(train_directory)):
-            inner_bytes = io.BytesIO()
-            with tarfile.open(fileobj=inner_bytes, mode="w", format=tarfile.GNU_FORMAT) as inner:
-                class_folder = os.path.join(train_directory, synset)
-                for folder, _, files in sorted(os.walk(class_folder), reverse=True):  # order must not matter
-                    for name in files:
-                        path = os.path.join(folder, name)
-                        with open(path, "rb") as image_file:
-                            _add_bytes(inner, os.path.relpath(path, class_folder), image_file.read())
-            _add_bytes(outer, f"{synset}.tar", inner_bytes.getvalue())
-
-
-def make_flat_tar(directory, tar_path):
-    with tarfile.open(tar_path, "w", format=tarfile.GNU_FORMAT) as archive:
-        for name in sorted(os.listdir(directory), reverse=True):  # archive order must not matter
-            with open(os.path.join(directory, name), "rb") as image_file:
-                _add_bytes(archive, name, image_file.read())
 
 
 FEATURES = {

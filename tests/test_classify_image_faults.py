@@ -9,8 +9,8 @@ import sys
 import pytest
 import tensorflow as tf
 
+from official.utils.errors import PipelineError
 from official.xception import classify_image
-from official.xception.errors import PipelineError
 from tests import export_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

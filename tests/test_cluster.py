@@ -14,10 +14,10 @@ from absl import flags
 import pytest
 import tensorflow as tf
 
-from official.xception import cluster
-from official.xception import flags_core
+from official.utils import cluster
+from official.utils.errors import PipelineError
 from official.xception import imagenet_main
-from official.xception.errors import PipelineError
+from official.xception import xception_flags
 from tests import process_fixtures
 
 
@@ -201,7 +201,7 @@ def test_main_waiting_for_a_missing_peer_stops_on_timeout_and_on_sigterm(tmp_pat
 
 def _flags(**values):
     flag_values = flags.FlagValues()
-    flags_core.define_all(flag_values)
+    xception_flags.define_all(flag_values)
     flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in values.items()])
     return flag_values
 

@@ -14,9 +14,9 @@ import pytest
 import skimage.data
 import tensorflow as tf
 
+from official.utils.errors import PipelineError
 from official.xception import convert_keras_weights
 from official.xception import xception_model
-from official.xception.errors import PipelineError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

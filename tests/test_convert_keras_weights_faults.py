@@ -7,8 +7,8 @@ import sys
 import pytest
 import tensorflow as tf
 
+from official.utils.errors import PipelineError
 from official.xception import convert_keras_weights
-from official.xception.errors import PipelineError
 from tests import process_fixtures
 
 

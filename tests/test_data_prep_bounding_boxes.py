@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from data_prep import bounding_boxes
-from data_prep.errors import DataPrepError
+from official.utils.errors import PipelineError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,17 +79,17 @@ def test_original_tar_gz_gives_the_same_csv_from_the_command_line(tmp_path):
 
 
 def test_errors_are_one_line(tmp_path):
-    with pytest.raises(DataPrepError, match="--bounding_box_dir .* is not a directory"):
+    with pytest.raises(PipelineError, match="--bounding_box_dir .* is not a directory"):
         bounding_boxes.write_csv(str(tmp_path / "out.csv"), directory=str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataPrepError, match="no .xml files found"):
+    with pytest.raises(PipelineError, match="no .xml files found"):
         bounding_boxes.write_csv(str(tmp_path / "out.csv"), directory=str(tmp_path / "empty"))
     assert not os.path.exists(tmp_path / "out.csv")
     (tmp_path / "bad.csv").write_text("a.JPEG,0.1,0.2,0.05,0.9\n")
-    with pytest.raises(DataPrepError, match="bad.csv line 1: coordinates must satisfy"):
+    with pytest.raises(PipelineError, match="bad.csv line 1: coordinates must satisfy"):
         bounding_boxes.read_box_csv(str(tmp_path / "bad.csv"))
     (tmp_path / "not.tar.gz").write_bytes(b"plain text, not an archive")
-    with pytest.raises(DataPrepError, match="cannot read --bounding_box_tar"):
+    with pytest.raises(PipelineError, match="cannot read --bounding_box_tar"):
         bounding_boxes.write_csv(str(tmp_path / "out.csv"), tar_path=str(tmp_path / "not.tar.gz"))
     assert not os.path.exists(tmp_path / "out.csv.incomplete")
 

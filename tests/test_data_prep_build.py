@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_prep import builder
-from data_prep.errors import DataPrepError
+from data_prep import builder, original_layout
+from official.utils.errors import PipelineError
 from tests import data_prep_fixtures as fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,8 +146,8 @@ def test_two_worker_processes_write_the_same_bytes_as_one(tree, reference, tmp_p
 
 
 def test_original_tar_input_gives_the_same_shards_as_folders(tree, reference, tmp_path):
-    fixtures.make_train_tar(tree.train_directory, str(tmp_path / "train.tar"))
-    fixtures.make_flat_tar(tree.validation_directory, str(tmp_path / "val.tar"))
+    original_layout.make_train_tar(tree.train_directory, str(tmp_path / "train.tar"))
+    original_layout.make_flat_tar(tree.validation_directory, str(tmp_path / "val.tar"))
     summary = builder.build(config_for(tree, str(tmp_path / "out"), train_directory=None,
                                        train_tar=str(tmp_path / "train.tar"), validation_directory=None,
                                        validation_tar=str(tmp_path / "val.tar")), log=io.StringIO())
@@ -257,7 +257,7 @@ def test_bad_input_gives_a_clear_error(tree, tmp_path, change, message):
             change[key] = str(tmp_path / "file" / "out")
     output_directory = change.pop("output_directory", str(tmp_path / "out"))
     config = config_for(tree, output_directory, **change)
-    with pytest.raises(DataPrepError) as raised:
+    with pytest.raises(PipelineError) as raised:
         builder.build(config, log=io.StringIO())
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
@@ -265,7 +265,7 @@ def test_bad_input_gives_a_clear_error(tree, tmp_path, change, message):
 
 def test_shards_of_another_build_in_the_output_directory_are_refused(tree, reference, tmp_path):
     shutil.copytree(reference[0], tmp_path / "out")
-    with pytest.raises(DataPrepError, match="train-00000-of-00003 from a build with another shard count"):
+    with pytest.raises(PipelineError, match="train-00000-of-00003 from a build with another shard count"):
         builder.build(config_for(tree, str(tmp_path / "out"), train_shards=4), log=io.StringIO())
 
 

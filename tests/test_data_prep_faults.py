@@ -22,9 +22,9 @@ from PIL import Image
 
 from data_prep import builder
 from data_prep import demo_dataset
-from data_prep.errors import DataPrepError
 from data_prep.image_coding import BadImageError, decode_pixels, prepare_image
 from data_prep.shard_plan import incomplete_name
+from official.utils.errors import PipelineError
 from official.xception import preprocessing
 from tests import data_prep_fixtures as fixtures
 
@@ -271,12 +271,12 @@ def test_non_finite_box_coordinates_are_skipped_with_the_reason(tmp_path):
 def test_box_csv_for_other_images_fails_and_a_partial_match_warns_with_counts(raw_tree, tmp_path):
     other = tmp_path / "other.csv"
     other.write_text("elsewhere_1.JPEG,0.1,0.1,0.5,0.5\nelsewhere_2.JPEG,0.1,0.1,0.5,0.5\n")
-    with pytest.raises(DataPrepError, match=r"boxes for 2 images, but none of them is among the 12 input images "
+    with pytest.raises(PipelineError, match=r"boxes for 2 images, but none of them is among the 12 input images "
                                             r"\(first: 'elsewhere_1.JPEG'\)"):
         builder.build(_build_config(raw_tree, tmp_path / "out1", bounding_box_file=str(other)), log=io.StringIO())
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(DataPrepError, match="holds no boxes"):
+    with pytest.raises(PipelineError, match="holds no boxes"):
         builder.build(_build_config(raw_tree, tmp_path / "out2", bounding_box_file=str(empty)), log=io.StringIO())
     partial = tmp_path / "partial.csv"
     with open(raw_tree.bounding_box_file) as matching:
@@ -298,7 +298,7 @@ def test_train_only_rebuild_with_another_class_list_refuses_to_keep_the_old_vali
     before = tree_snapshot(output)
     train_only = _build_config(raw_tree, output, train_directory=str(train), validation_directory=None,
                                validation_labels_file=None)
-    with pytest.raises(DataPrepError, match=r"the validation shards in .* were built with another class list "
+    with pytest.raises(PipelineError, match=r"the validation shards in .* were built with another class list "
                                             r"\(3 classes, now 4: 'n00000000' is now label 1\).*remove the old "
                                             r"validation-\* shards"):
         builder.build(train_only, log=io.StringIO())
@@ -320,7 +320,7 @@ def test_train_only_rebuild_with_another_class_list_refuses_to_keep_the_old_vali
     builder.build(_build_config(raw_tree, output), log=io.StringIO())
     os.remove(output / builder.SUMMARY_NAME)
     before = tree_snapshot(output)
-    with pytest.raises(DataPrepError, match=r"holds validation-00000-of-00001 \(and 0 more\), which "
+    with pytest.raises(PipelineError, match=r"holds validation-00000-of-00001 \(and 0 more\), which "
                                             r"build_summary.json does not describe"):
         builder.build(train_only, log=io.StringIO())
     assert tree_snapshot(output) == before
@@ -554,7 +554,7 @@ def test_interrupted_demo_generation_leaves_nothing(tmp_path, monkeypatch):
         return b"jpeg"
 
     monkeypatch.setattr(demo_dataset, "_jpeg", failing_jpeg)
-    with pytest.raises(DataPrepError, match="No space left on device"):
+    with pytest.raises(PipelineError, match="No space left on device"):
         demo_dataset.make_demo_dataset(str(tmp_path / "demo"), num_classes=2, train_per_class=3, image_size=32)
     assert os.listdir(tmp_path) == []
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from data_prep.image_coding import BadImageError, prepare_image
-from data_prep.progress import ProgressReporter
+from official.utils.progress import ProgressReporter
 from tests import data_prep_fixtures as fixtures
 
 MAX_PIXELS = 10_000_000

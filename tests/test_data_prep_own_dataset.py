@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep import builder, file_kinds, holdout, inputs
-from data_prep.errors import DataPrepError
+from data_prep import builder, file_kinds, holdout, inputs, original_layout
+from official.utils.errors import PipelineError
 from tests import data_prep_fixtures as fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,7 +198,7 @@ def test_split_is_seeded_independent_of_workers_and_input_form_and_a_rerun_reuse
     assert rerun["shards_reused_from_earlier_run"] == 4
     assert fixtures.shard_bytes(two_workers) == expected_shards
 
-    fixtures.make_train_tar(train, str(tmp_path / "train.tar"))
+    original_layout.make_train_tar(train, str(tmp_path / "train.tar"))
     from_tar = builder.build(config_for(None, str(tmp_path / "tar"), train_tar=str(tmp_path / "train.tar")),
                              log=io.StringIO())
     assert fixtures.shard_bytes(str(tmp_path / "tar")) == expected_shards
@@ -287,7 +287,7 @@ def test_a_class_folder_of_only_non_image_files_is_an_error(tmp_path):
     (tmp_path / "train" / "tulip" / "README.txt").write_text("todo")
     (tmp_path / "train" / "daisy").mkdir()
     (tmp_path / "train" / "daisy" / "a.jpg").write_bytes(b"\xff\xd8\xff")  # never decoded: listing fails first
-    with pytest.raises(DataPrepError, match=r"class folder .*tulip under --train_directory holds no images"):
+    with pytest.raises(PipelineError, match=r"class folder .*tulip under --train_directory holds no images"):
         builder.build(config_for(str(tmp_path / "train"), str(tmp_path / "out")), log=io.StringIO())
 
 
@@ -336,7 +336,7 @@ def test_bad_split_settings_give_a_clear_one_line_error(dataset, tmp_path, chang
             change[key] = str(tmp_path / value)
         elif isinstance(value, str):
             change[key] = str(tmp_path / value)
-    with pytest.raises(DataPrepError) as raised:
+    with pytest.raises(PipelineError) as raised:
         builder.build(config_for(change.pop("train_directory", train), str(tmp_path / "out"), **change),
                       log=io.StringIO())
     assert message in str(raised.value)

@@ -17,14 +17,14 @@ import tensorflow as tf
 from data_prep import builder
 from data_prep import demo_dataset
 from data_prep import describe_shards
-from data_prep.errors import DataPrepError
-from official.xception import dataset_info
+from official.utils import dataset_info
+from official.utils.errors import PipelineError
+from official.utils.errors import PipelineError
 from official.xception import evaluate_saved_model
 from official.xception import export
-from official.xception import flags_core
 from official.xception import imagenet_main
 from official.xception import input_pipeline
-from official.xception.errors import PipelineError
+from official.xception import xception_flags
 from tests import established_builder
 from tests import record_fixtures
 from tests import tiny_network
@@ -73,7 +73,7 @@ def shard_copy(established_shards, tmp_path):
 
 def _flags(**values):
     flag_values = flags.FlagValues()
-    flags_core.define_all(flag_values)
+    xception_flags.define_all(flag_values)
     flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in values.items()])
     return flag_values
 
@@ -150,7 +150,7 @@ def _one_record_shard(directory, split, label, synset, index=0, total=1):
 
 def test_describe_shards_errors_are_one_line(tmp_path):
     def error_of(directory):
-        with pytest.raises(DataPrepError) as raised:
+        with pytest.raises(PipelineError) as raised:
             describe_shards.describe(str(directory), log=open(os.devnull, "w"))
         assert "\n" not in str(raised.value)
         return str(raised.value)

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from official.utils.errors import PipelineError
 from official.xception import evaluate_saved_model
-from official.xception.errors import PipelineError
 from tests import fault_fixtures
 from tests import process_fixtures
 from tests import record_fixtures

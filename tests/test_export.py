@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from official.utils.errors import PipelineError
 from official.xception import export
 from official.xception import preprocessing
-from official.xception.errors import PipelineError
 from tests import export_fixtures
 from tests import record_fixtures
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from official.utils.errors import PipelineError
 from official.xception import convert_keras_weights
-from official.xception import flags_core
 from official.xception import imagenet_main
 from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
-from official.xception.errors import PipelineError
+from official.xception import xception_flags
 from tests import record_fixtures
 from tests import tiny_network
 
@@ -58,7 +58,7 @@ def _flags(**values):
                     moving_average_decay=0.0, num_gpus=0, log_steps=10)
     settings.update(values)
     flag_values = flags.FlagValues()
-    flags_core.define_all(flag_values)
+    xception_flags.define_all(flag_values)
     flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in settings.items()
                                      if value is not None])
     return flag_values

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from official.xception import dataset_info
+from official.utils import dataset_info
+from official.utils.errors import PipelineError
 from official.xception import evaluate_saved_model
 from official.xception import export
-from official.xception import flags_core
 from official.xception import imagenet_main
 from official.xception import model_fn as model_fn_lib
 from official.xception import preprocessing
-from official.xception.errors import PipelineError
+from official.xception import xception_flags
 from tests import export_fixtures
 from tests import record_fixtures
 from tests import tiny_network
@@ -31,7 +31,7 @@ NUM_VALIDATION = 13
 
 def _flags(**values):
     flag_values = flags.FlagValues()
-    flags_core.define_all(flag_values)
+    xception_flags.define_all(flag_values)
     flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in values.items()])
     return flag_values
 

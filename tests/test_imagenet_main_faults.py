@@ -16,12 +16,12 @@ import h5py
 import pytest
 import tensorflow as tf
 
-from official.xception import flags_core
+from official.utils import run_safety
+from official.utils.errors import PipelineError
 from official.xception import imagenet_main
 from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
-from official.xception import run_safety
-from official.xception.errors import PipelineError
+from official.xception import xception_flags
 from tests import fault_fixtures
 from tests import record_fixtures
 from tests import tiny_network
@@ -38,7 +38,7 @@ def _flags(**values):
                     moving_average_decay=0.0, num_gpus=0, log_steps=10)
     settings.update(values)
     flag_values = flags.FlagValues()
-    flags_core.define_all(flag_values)
+    xception_flags.define_all(flag_values)
     flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in settings.items()
                                      if value is not None])
     return flag_values
@@ -146,7 +146,7 @@ def test_the_lock_is_per_cluster_task(tmp_path):
         "evaluator-0"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from official.xception import run_safety\n"
+         "from official.utils import run_safety\n"
          "run_safety.lock_model_dir(sys.argv[1], 'worker-0')\n"
          "print('locked', flush=True)\n"
          "time.sleep(300)", str(tmp_path)],

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from data_prep import builder
+from official.utils.errors import PipelineError
 from official.xception import input_pipeline
-from official.xception.errors import PipelineError
 from tests import record_fixtures
 
 NUM_RECORDS = 23

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from official.xception import flags_core
+from official.utils import flags_core
 from official.xception import imagenet_main
 from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
+from official.xception import xception_flags
 from tests import record_fixtures
 from tests import tiny_network
 
@@ -55,7 +56,7 @@ def _flags(**values):
                     color_distortion=False)
     settings.update(values)
     flag_values = flags.FlagValues()
-    flags_core.define_all(flag_values)
+    xception_flags.define_all(flag_values)
     flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in settings.items()])
     return flag_values
 

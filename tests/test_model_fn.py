@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from official.utils.errors import PipelineError
 from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
 from official.xception import xception_model
-from official.xception.errors import PipelineError
 from tests import export_fixtures
 from tests import record_fixtures
 from tests import tiny_network
@@ -300,6 +300,21 @@ def test_learning_rate_config_rejects_bad_values_in_one_line():
         _model_config(fine_tune=True)
     assert math.isclose(_learning_rate(global_batch_size=32).scaled_learning_rate, 0.4)
 
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_underlying_variable_is_the_float32_variable_the_graph_saves(policy):
+    graph = tf.Graph()
+    with graph.as_default():
+        layer = tf.keras.layers.Dense(3, dtype=tf.keras.mixed_precision.Policy(policy))
+        layer(tf.zeros([1, 2]))
+        saved = {id(v) for v in tf.compat.v1.global_variables()}
+        for weight in layer.weights:
+            variable = model_fn_lib.underlying_variable(weight)
+            assert id(variable) in saved and variable.dtype == tf.float32
+            # Only a mixed-precision layer wraps its variables; the wrapper is not what is saved.
+            assert (variable is weight) == (policy == "float32")
+            assert (id(weight) in saved) == (policy == "float32")
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

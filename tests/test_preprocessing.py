@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from official.utils.errors import PipelineError
 from official.xception import preprocessing
-from official.xception.errors import PipelineError
 from tests.record_fixtures import encode_image, random_photo
 
 HEIGHT, WIDTH = 200, 250

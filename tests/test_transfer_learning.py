@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from official.utils.errors import PipelineError
 from official.xception import convert_keras_weights
-from official.xception import flags_core
 from official.xception import imagenet_main
-from official.xception.errors import PipelineError
+from official.xception import xception_flags
 from tests import record_fixtures
 
 NUM_CLASSES = 5
@@ -52,7 +52,7 @@ def _train_one_step(data_dir, model_dir, checkpoint, **values):
         nocolor_distortion=None)
     settings.update(values)
     flag_values = flags.FlagValues()
-    flags_core.define_all(flag_values)
+    xception_flags.define_all(flag_values)
     flag_values(["imagenet_main"] + [f"--{name}" if value is None else f"--{name}={value}"
                                      for name, value in settings.items()])
     imagenet_main.run(flag_values)

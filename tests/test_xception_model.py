@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from official.utils.errors import PipelineError
 from official.xception import xception_model
-from official.xception.errors import PipelineError
 
 
 @pytest.fixture(scope="module")

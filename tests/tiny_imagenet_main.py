@@ -11,9 +11,9 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
-from official.xception import flags_core
 from official.xception import imagenet_main
 from official.xception import model_fn as model_fn_lib
+from official.xception import xception_flags
 from tests import tiny_network
 
 TRAIN_LABELS_PREFIX = "train labels:"
@@ -36,7 +36,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags_core.define_all()
+    xception_flags.define_all()
     flags.DEFINE_boolean("print_train_labels", False, "Print each training batch's labels.")
     logging.set_verbosity(logging.INFO)
     app.run(main)

@@ -12,9 +12,9 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from official.utils import logging_setup
+from official.utils.errors import PipelineError
 from official.xception import exported_model
-from official.xception import logging_setup
-from official.xception.errors import PipelineError
 
 
 def classify(saved_model_dir, image_paths):

@@ -22,10 +22,10 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
-from official.xception import logging_setup
-from official.xception import run_safety
+from official.utils import logging_setup
+from official.utils import run_safety
+from official.utils.errors import PipelineError
 from official.xception import xception_model
-from official.xception.errors import PipelineError
 
 CHECKPOINT_PREFIX = "model.ckpt"
 

@@ -21,14 +21,14 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from data_prep.progress import ProgressReporter
+from official.utils import logging_setup
+from official.utils import run_safety
+from official.utils.errors import PipelineError
+from official.utils.progress import ProgressReporter
 from official.xception import export
 from official.xception import exported_model
 from official.xception import input_pipeline
-from official.xception import logging_setup
-from official.xception import run_safety
 from official.xception import shard_check
-from official.xception.errors import PipelineError
 
 _RECORD_FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),

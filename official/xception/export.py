@@ -22,10 +22,10 @@ import time
 
 import tensorflow as tf
 
-from official.xception import dataset_info
+from official.utils import dataset_info
+from official.utils.errors import PipelineError
 from official.xception import preprocessing
 from official.xception import xception_model
-from official.xception.errors import PipelineError
 
 SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"

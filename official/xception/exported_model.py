@@ -8,8 +8,8 @@ from typing import List, Optional, Tuple
 
 import tensorflow as tf
 
+from official.utils.errors import PipelineError
 from official.xception import export
-from official.xception.errors import PipelineError
 
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 _REQUIRED_INFO = ("num_classes", "label_offset")

@@ -26,19 +26,21 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
-from official.xception import cluster
-from official.xception import dataset_info
+from official.utils import cluster
+from official.utils import dataset_info
+from official.utils import flags_core
+from official.utils import hooks as hooks_lib
+from official.utils import logging_setup
+from official.utils import run_safety
+from official.utils.errors import PipelineError
 from official.xception import export
-from official.xception import flags_core
-from official.xception import hooks as hooks_lib
 from official.xception import input_pipeline
-from official.xception import logging_setup
 from official.xception import model_fn as model_fn_lib
 from official.xception import preprocessing
-from official.xception import run_safety
+from official.xception import run_checks
 from official.xception import shard_check
+from official.xception import xception_flags
 from official.xception import xception_model
-from official.xception.errors import PipelineError
 
 _NON_FINITE_LOSS = re.compile(r"\[%s\] \[(\d+)\] \[loss\] \[([^\]]+)\]"
                               % re.escape(model_fn_lib.NON_FINITE_LOSS_TAG))
@@ -543,7 +545,7 @@ def run(flags_obj, model_builder=None):
     """Trains and/or evaluates as the flags say; returns the last evaluation's results (or {})."""
     if not flags_obj.model_dir:
         raise PipelineError("--model_dir is required (checkpoints and summaries go there)")
-    run_safety.validate_run_flags(flags_obj)
+    run_checks.validate_run_flags(flags_obj)
     if flags_obj.export_only:
         if not flags_obj.export_dir:
             raise PipelineError("--export_only needs --export_dir (where the SavedModel goes)")
@@ -579,7 +581,7 @@ def run(flags_obj, model_builder=None):
                  batch_size, model_config.learning_rate.scaled_learning_rate,
                  flags_obj.base_learning_rate, flags_obj.base_batch_size, steps_per_epoch, total_steps)
 
-    run_safety.check_resume_compatible(
+    run_checks.check_resume_compatible(
         flags_obj.model_dir, flags_obj.num_classes,
         info.class_names(flags_obj.label_offset, flags_obj.num_classes) if info else None)
     if flags_obj.skip_corrupt_records:
@@ -656,6 +658,6 @@ def main(_, model_builder=None):
 
 
 if __name__ == "__main__":
-    flags_core.define_all()
+    xception_flags.define_all()
     logging.set_verbosity(logging.INFO)
     app.run(main)

@@ -18,9 +18,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from official.xception import dataset_info
+from official.utils import dataset_info
+from official.utils.errors import PipelineError
 from official.xception import preprocessing
-from official.xception.errors import PipelineError
 
 TRAIN_PATTERN = "train-*-of-*"
 VALIDATION_PATTERN = "validation-*-of-*"

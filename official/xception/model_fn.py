@@ -19,21 +19,19 @@ import math
 from typing import Optional, Tuple, Union
 
 from absl import logging
-# The class of the wrappers a mixed-precision Keras layer puts around its float32 variables; Keras
-# exports no public way to reach the wrapped variable.
-from keras.src.mixed_precision import autocast_variable
 import tensorflow as tf
 
+from official.utils import hooks
+from official.utils.errors import PipelineError
 from official.xception import xception_model
-from official.xception.errors import PipelineError
 
 OPTIMIZERS = ("momentum", "nesterov", "rmsprop")
 LEARNING_RATE_SCHEDULES = ("exponential", "piecewise", "cosine")
 
 # Tags in the graph that the run loop and hooks look up; hooks fetch tensors by these names.
-LEARNING_RATE_TENSOR = "learning_rate"
-TOTAL_LOSS_TENSOR = "total_loss"
-CROSS_ENTROPY_TENSOR = "cross_entropy"
+LEARNING_RATE_TENSOR = hooks.LEARNING_RATE_TENSOR
+TOTAL_LOSS_TENSOR = hooks.TOTAL_LOSS_TENSOR
+CROSS_ENTROPY_TENSOR = hooks.CROSS_ENTROPY_TENSOR
 L2_LOSS_TENSOR = "l2_loss"
 TRAIN_TOP_1_TENSOR = "train_top_1_accuracy"
 # First words of the assertion that stops training on a NaN/Inf loss; the run loop recognizes it.
@@ -251,9 +249,15 @@ def _variable_name(variable):
 
 
 def underlying_variable(variable):
-    """The float32 variable behind a mixed-precision layer's AutoCastVariable (else `variable`)."""
-    if isinstance(variable, autocast_variable.AutoCastVariable):
-        return variable._variable  # pylint: disable=protected-access
+    """The float32 variable behind a mixed-precision layer's AutoCastVariable (else `variable`).
+
+    Keras exports neither the wrapper's class nor a way to unwrap it. In the graph a model_fn builds,
+    the wrapper reports the name of the variable it wraps, and the graph's global-variables collection
+    holds that variable itself (the mirrored one under a strategy), so the name finds it.
+    """
+    for candidate in tf.compat.v1.global_variables():
+        if candidate.name == variable.name:
+            return candidate
     return variable
 
 

@@ -13,8 +13,8 @@ from typing import Tuple
 
 import tensorflow as tf
 
-from official.xception import image_decoding
-from official.xception.errors import PipelineError
+from official.utils import image_decoding
+from official.utils.errors import PipelineError
 
 MIN_IMAGE_SIZE = 71
 OUTPUT_DTYPES = (tf.float32, tf.bfloat16, tf.float16)

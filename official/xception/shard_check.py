@@ -18,11 +18,11 @@ from typing import List
 import numpy as np
 import tensorflow as tf
 
-from data_prep.progress import ProgressReporter
+from official.utils.errors import PipelineError
+from official.utils.progress import ProgressReporter
 from official.xception import input_pipeline
 from official.xception import preprocessing
 from official.xception import xception_model
-from official.xception.errors import PipelineError
 
 SPLITS = {"train": True, "validation": False}  # split name -> is_training of list_input_files
 # Messages of the parse and decode kernels on a record that is well-formed TFRecord but bad data.

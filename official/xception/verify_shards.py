@@ -15,9 +15,9 @@ import sys
 from absl import app
 from absl import flags
 
-from official.xception import logging_setup
+from official.utils import logging_setup
+from official.utils.errors import PipelineError
 from official.xception import shard_check
-from official.xception.errors import PipelineError
 
 
 def define_flags():

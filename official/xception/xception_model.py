@@ -8,7 +8,7 @@ shortcuts, which Keras leaves unnamed, are called `block{2,3,4,13}_residual_conv
 
 import tensorflow as tf
 
-from official.xception.errors import PipelineError
+from official.utils.errors import PipelineError
 
 MIN_IMAGE_SIZE = 71
 DEFAULT_IMAGE_SIZE = 299

@@ -17,7 +17,7 @@ import time
 
 import tensorflow as tf
 
-from official.xception.errors import PipelineError
+from official.utils.errors import PipelineError
 
 # The tasks that train; an "evaluator" is not part of the training cluster (as in Kubeflow's TFJob).
 TRAINING_JOBS = ("chief", "worker")

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from official.xception.errors import PipelineError
+from official.utils.errors import PipelineError
 
 SUMMARY_NAME = "build_summary.json"
 # Summaries without a "built_by" key are data_prep's; data_prep.describe_shards marks its own.

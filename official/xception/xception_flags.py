@@ -1,12 +1,12 @@
-"""Composable absl flag groups for the Xception main modules.
+"""The Xception recipe's absl flag groups: data, model, optimization and augmentation, and define_all,
+which adds the shared groups of official/utils/flags_core.py.
 
-Flag names follow tensorflow/models' official resnet where the concept is the same. Each `define_*`
-function defines its group once into absl's global FLAGS; only main modules call them.
+Flag names follow tensorflow/models' official resnet where the concept is the same.
 """
 
 from absl import flags
 
-from official.xception import hooks
+from official.utils import flags_core
 from official.xception import model_fn
 
 # The recipe of the paper (see docs/DESIGN.md §6).
@@ -17,40 +17,8 @@ REFERENCE_BATCH_SIZE = 256
 IMAGENET_TRAIN_EXAMPLES = 1281167
 IMAGENET_EVAL_EXAMPLES = 50000
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-DISTRIBUTION_STRATEGIES = ("off", "one_device", "mirrored", "multi_worker_mirrored")
-ALL_REDUCE_ALGORITHMS = ("nccl", "hierarchical_copy", "reduction_to_one_device", "ring", "auto")
 
-
-def define_base(flag_values=flags.FLAGS):
-    flags.DEFINE_string("data_dir", None, "Directory of the TFRecord shards (train-*-of-*, "
-                        "validation-*-of-*) written by data_prep.", flag_values=flag_values)
-    flags.DEFINE_string("model_dir", None, "Directory for checkpoints and summaries; re-running "
-                        "with the same directory resumes training from its last checkpoint.",
-                        flag_values=flag_values)
-    flags.DEFINE_integer("batch_size", 256, "GLOBAL batch size: summed over all replicas of all "
-                         "workers; must divide evenly by the number of replicas.",
-                         flag_values=flag_values)
-    flags.DEFINE_float("train_epochs", 100, "Epochs to train (of --train_examples images).",
-                       flag_values=flag_values)
-    flags.DEFINE_float("epochs_between_evals", 1, "Epochs of training between evaluations.",
-                       flag_values=flag_values)
-    flags.DEFINE_integer("max_train_steps", None, "Stop after this global step even if "
-                         "--train_epochs is not reached.", flag_values=flag_values)
-    flags.DEFINE_float("stop_threshold", None, "Stop once evaluation top-1 accuracy (a fraction, "
-                       "e.g. 0.79) reaches this value.", flag_values=flag_values)
-    flags.DEFINE_boolean("eval_only", False, "Only evaluate the last checkpoint in --model_dir.",
-                         flag_values=flag_values)
-    flags.DEFINE_list("hooks", ["LoggingTensorHook"], "Training hooks, comma-separated, from: "
-                      + ", ".join(hooks.HOOK_NAMES) + " (case-insensitive).",
-                      flag_values=flag_values)
-    flags.DEFINE_integer("log_steps", 100, "Steps between progress lines, examples/sec summaries "
-                         "and profiles.", flag_values=flag_values)
-    flags.DEFINE_integer("save_checkpoints_steps", None, "Save a checkpoint every this many steps "
-                         "(default: every 10 minutes, and always at the end of each training cycle).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept in --model_dir.",
-                         flag_values=flag_values)
+def define_data(flag_values=flags.FLAGS):
     flags.DEFINE_integer("train_examples", IMAGENET_TRAIN_EXAMPLES, "Images in one training epoch.",
                          flag_values=flag_values)
     flags.DEFINE_integer("eval_examples", IMAGENET_EVAL_EXAMPLES, "Images in the validation set; "
@@ -61,9 +29,6 @@ def define_base(flag_values=flags.FLAGS):
                          "of train-*-of-01024); without it that is an error.",
                          flag_values=flag_values)
     flags.DEFINE_integer("shuffle_buffer", 10000, "Records in the training shuffle buffer.",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("seed", None, "Seed for the initial weights, dropout and the order of "
-                         "training records (random crops and flips stay unseeded).",
                          flag_values=flag_values)
     flags.DEFINE_boolean("skip_corrupt_records", False, "Leave out records whose bytes do not read "
                          "or whose image does not decode, instead of stopping (a shard's unreadable "
@@ -138,63 +103,6 @@ def define_optimization(flag_values=flags.FLAGS):
                          flag_values=flag_values)
 
 
-def define_performance(flag_values=flags.FLAGS):
-    flags.DEFINE_enum("dtype", "fp32", list(DTYPES), "Compute type; variables stay float32. fp16 "
-                      "(GPU only) uses loss scaling; bf16 needs none.", flag_values=flag_values)
-    flags.DEFINE_string("loss_scale", None, "fp16 only: 'dynamic' (the default) or a number.",
-                        flag_values=flag_values)
-    flags.DEFINE_boolean("enable_xla", False, "XLA auto-clustering (GPU; much slower on CPU).",
-                         flag_values=flag_values)
-    flags.DEFINE_enum("data_format", None, ["channels_first", "channels_last"], "Layout of the "
-                      "convolutions (inputs stay NHWC); default channels_first on GPU, else last.",
-                      flag_values=flag_values)
-    flags.DEFINE_integer("inter_op_parallelism_threads", 0, "TF inter-op threads (0: TF picks).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("intra_op_parallelism_threads", 0, "TF intra-op threads (0: TF picks).",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("datasets_num_private_threads", None, "Private tf.data thread pool size.",
-                         flag_values=flag_values)
-    flags.DEFINE_boolean("use_synthetic_data", False, "Random images instead of --data_dir "
-                         "(benchmarking).", flag_values=flag_values)
-
-
-def define_distribution(flag_values=flags.FLAGS):
-    flags.DEFINE_integer("num_gpus", -1, "GPUs to use on this machine (-1: all visible); 0 runs "
-                         "everything on the CPU. An evaluator evaluates on one device and takes "
-                         "this as each training task's GPU count, for its batch.",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("num_cpu_replicas", 1, "With --num_gpus=0: replicas over this many CPU "
-                         "devices (for testing the multi-device path).", flag_values=flag_values)
-    flags.DEFINE_enum("distribution_strategy", "mirrored", list(DISTRIBUTION_STRATEGIES),
-                      "mirrored: all local devices (a single device runs without a strategy); "
-                      "multi_worker_mirrored: several machines via TF_CONFIG or --worker_hosts.",
-                      flag_values=flag_values)
-    flags.DEFINE_enum("all_reduce_alg", None, list(ALL_REDUCE_ALGORITHMS), "mirrored: nccl "
-                      "(GPU default), hierarchical_copy or reduction_to_one_device (CPU default); "
-                      "multi_worker_mirrored: ring, nccl or auto (default).",
-                      flag_values=flag_values)
-    flags.DEFINE_list("worker_hosts", None, "host:port of every worker, comma-separated (instead "
-                      "of TF_CONFIG); worker 0 is the chief.", flag_values=flag_values)
-    flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts.",
-                         flag_values=flag_values)
-    flags.DEFINE_enum("task_type", "worker", ["worker", "evaluator"], "With --worker_hosts: "
-                      "worker trains (index 0 is the chief); evaluator evaluates each new "
-                      "checkpoint of --model_dir while the workers train (--task_index unused).",
-                      flag_values=flag_values)
-    flags.DEFINE_boolean("slurm_cluster", False, "Build the cluster from the Slurm job step (start "
-                         "one task per node with srun): task 0 is the chief.",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("slurm_port", 8888, "With --slurm_cluster: the port of a node's first task "
-                         "(the next tasks of the node take the following ports).",
-                         flag_values=flag_values)
-    flags.DEFINE_float("peer_timeout_secs", 600, "Multi-worker: give up with an error when the other "
-                       "training tasks have not all joined within this many seconds.",
-                       flag_values=flag_values)
-    flags.DEFINE_float("eval_throttle_secs", 600, "Evaluator: seconds at least between the starts of "
-                       "two evaluations (each evaluates the newest checkpoint).",
-                       flag_values=flag_values)
-
-
 def define_augmentation(flag_values=flags.FLAGS):
     """Preprocessing; the defaults are the Inception recipe used for ImageNet."""
     flags.DEFINE_list("crop_area_range", ["0.05", "1.0"], "Training crop: min,max fraction of the "
@@ -212,17 +120,9 @@ def define_augmentation(flag_values=flags.FLAGS):
                        "fraction of each side before the resize.", flag_values=flag_values)
 
 
-def define_export(flag_values=flags.FLAGS):
-    flags.DEFINE_string("export_dir", None, "After training, export a SavedModel (serving_default on "
-                        "image bytes, predict_images on preprocessed images) to a numbered "
-                        "directory below this one.", flag_values=flag_values)
-    flags.DEFINE_boolean("export_only", False, "Only export the last checkpoint of --model_dir to "
-                         "--export_dir (e.g. converted Keras weights); no training or evaluation.",
-                         flag_values=flag_values)
-
-
 def define_all(flag_values=flags.FLAGS):
     """Defines every flag of imagenet_main into `flag_values` (tests pass their own FlagValues)."""
-    for define in (define_base, define_model, define_optimization, define_performance,
-                   define_distribution, define_augmentation, define_export):
+    for define in (flags_core.define_base, define_data, define_model, define_optimization,
+                   flags_core.define_performance, flags_core.define_distribution,
+                   define_augmentation, flags_core.define_export):
         define(flag_values)

@@ -11,14 +11,17 @@ import datetime
 from absl import logging
 import tensorflow as tf
 
-from official.xception import model_fn as model_fn_lib
-from official.xception.errors import PipelineError
+from official.utils.errors import PipelineError
 
 HOOK_NAMES = ("LoggingTensorHook", "ExamplesPerSecondHook", "ProfilerHook")
+# A model_fn names these tensors of its training graph so that LoggingTensorHook can log them.
+TOTAL_LOSS_TENSOR = "total_loss"
+CROSS_ENTROPY_TENSOR = "cross_entropy"
+LEARNING_RATE_TENSOR = "learning_rate"
 _LOGGED_TENSORS = {
-    "loss": model_fn_lib.TOTAL_LOSS_TENSOR,
-    "cross_entropy": model_fn_lib.CROSS_ENTROPY_TENSOR,
-    "learning_rate": model_fn_lib.LEARNING_RATE_TENSOR,
+    "loss": TOTAL_LOSS_TENSOR,
+    "cross_entropy": CROSS_ENTROPY_TENSOR,
+    "learning_rate": LEARNING_RATE_TENSOR,
 }
 
 
