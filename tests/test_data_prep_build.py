@@ -169,6 +169,34 @@ def _cli_arguments(tree, output_directory, train_shards):
             f"--validation_shards={VALIDATION_SHARDS}", "--num_workers=1"]
 
 
+def _kill_after_shards(arguments, output_directory, count):
+    """Starts the command line build, SIGKILLs it once `count` shards are vouched for; returns those
+    vouched for once it is dead."""
+    process = _run_cli(arguments)
+    deadline = time.monotonic() + 120
+    while (len(fixtures.vouched_shards(output_directory)) < count and process.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    return fixtures.vouched_shards(output_directory)
+
+
+def _tear_last_write(output_directory):
+    """What a kill in the middle of writing leaves: half of the journal's last line, and a half-written
+    temporary summary (the summary itself is only ever replaced by rename)."""
+    journal = os.path.join(output_directory, builder.JOURNAL_NAME)
+    with open(journal, "rb") as journal_file:
+        lines = journal_file.read().splitlines(keepends=True)
+    with open(journal, "wb") as journal_file:
+        journal_file.write(b"".join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])
+    with open(os.path.join(output_directory, builder.SUMMARY_NAME), "rb") as summary_file:
+        summary = summary_file.read()
+    with open(os.path.join(output_directory, builder.SUMMARY_NAME + ".incomplete"), "wb") as temporary:
+        temporary.write(summary[:len(summary) // 2])
+    return json.loads(lines[-1])["shard"]
+
+
 def test_killed_build_leaves_only_complete_shards_and_resuming_equals_an_uninterrupted_run(tree, tmp_path):
     many_shards = 26  # one image per shard: many chances to be killed between and inside shards
     uninterrupted = str(tmp_path / "uninterrupted")
@@ -176,37 +204,35 @@ def test_killed_build_leaves_only_complete_shards_and_resuming_equals_an_uninter
     expected = fixtures.shard_bytes(uninterrupted)
 
     resumed = str(tmp_path / "resumed")
-    summary_path = os.path.join(resumed, builder.SUMMARY_NAME)
-
-    def shards_in_summary():
-        try:
-            with open(summary_path) as summary_file:
-                return json.load(summary_file)["shards"]
-        except (OSError, ValueError):
-            return {}
-
-    process = _run_cli(_cli_arguments(tree, resumed, many_shards))
-    deadline = time.monotonic() + 120
-    while not shards_in_summary() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    arguments = _cli_arguments(tree, resumed, many_shards)
+    first_vouched = _kill_after_shards(arguments, resumed, 3)
     finished = fixtures.shard_bytes(resumed)
-    vouched_for = shards_in_summary()
-    assert 0 < len(vouched_for) <= len(finished) < len(expected), "the build must be killed part-way"
+    assert 3 <= len(first_vouched) <= len(finished) < len(expected), "the build must be killed part-way"
     for name, content in finished.items():
         assert content == expected[name], f"{name} exists under its final name but is incomplete"
+    torn = _tear_last_write(resumed)
 
-    process = _run_cli(_cli_arguments(tree, resumed, many_shards))
+    assert torn not in fixtures.vouched_shards(resumed)
+
+    # Killed again, maybe before it verified every shard of the first run: those stay reusable.
+    second_vouched = _kill_after_shards(arguments, resumed, len(first_vouched) + 1)
+    assert first_vouched.keys() - {torn} <= second_vouched.keys() and len(second_vouched) < len(expected)
+
+    process = _run_cli(arguments)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert fixtures.shard_bytes(resumed) == expected
     assert not [name for name in os.listdir(resumed) if name.startswith(".incomplete")]
+    assert not os.path.exists(os.path.join(resumed, builder.JOURNAL_NAME))  # folded into the summary
     with open(os.path.join(resumed, builder.SUMMARY_NAME)) as summary_file:
         summary = json.load(summary_file)
+    with open(os.path.join(uninterrupted, builder.SUMMARY_NAME)) as summary_file:
+        uninterrupted_summary = json.load(summary_file)
     assert summary["status"] == "complete"
-    assert summary["shards_reused_from_earlier_run"] == len(vouched_for)
-    assert "finished shards reused" in stderr
+    assert summary["shards"] == uninterrupted_summary["shards"]
+    assert summary["splits"] == uninterrupted_summary["splits"]
+    assert summary["shards_reused_from_earlier_run"] == len(second_vouched)
+    assert f"{len(second_vouched)} finished shards reused" in stderr
 
 
 def test_rerun_verifies_finished_shards_against_the_summary(tree, reference, tmp_path):
