@@ -5,15 +5,20 @@
 Builds shards from a generated tree of ImageNet-like JPEGs (~500x375, quality 90, photo content) with 1
 and with N workers from folders, and with N workers from the original tar layout, all in one run, and
 prints images/s, the scaling ratio and where a worker's time goes (read, verify, convert, serialize, write).
+Then, in alternating rounds, N workers against the established builder's approach (tensorflow/models'
+inception/data/build_imagenet_data.py, re-implemented below: N threads sharing one TensorFlow session
+that fully decodes every JPEG to learn its size), wall clock including our workers' start-up.
 """
 
 import argparse
 import io
 import multiprocessing
 import os
+import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -24,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_prep import builder  # noqa: E402
 from data_prep import original_layout  # noqa: E402
 from data_prep import shard_plan  # noqa: E402
+from data_prep.image_coding import PreparedImage  # noqa: E402
+from data_prep.inputs import ImageSource  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "cat")
 NUM_CLASSES = 10
@@ -90,11 +97,87 @@ def timed_build(root, output, num_workers, shards, use_tar=False):
     return time.perf_counter() - start, summary
 
 
+class EstablishedImageCoder:
+    """The established builder's ImageCoder: one graph and session shared by every thread; decode_jpeg
+    decodes the whole image (to learn its height and width)."""
+
+    def __init__(self):
+        import tensorflow as tf
+        graph = tf.Graph()
+        with graph.as_default():
+            self._data = tf.compat.v1.placeholder(dtype=tf.string)
+            self._decode = tf.image.decode_jpeg(self._data, channels=3)
+        self._session = tf.compat.v1.Session(graph=graph)
+
+    def decode_jpeg(self, data):
+        image = self._session.run(self._decode, feed_dict={self._data: data})
+        assert len(image.shape) == 3 and image.shape[2] == 3
+        return image
+
+
+def established_build(train_directory, output_directory, num_shards, num_threads):
+    """The established builder's flow: files listed per class in label order, shuffled with
+    random.seed(12345), split into one range per thread (np.linspace), each thread writing its shards
+    one after the other. The Example is built by data_prep's make_example (the same 15-key schema)."""
+    import tensorflow as tf
+    from data_prep.shard_writer import make_example
+    os.makedirs(output_directory, exist_ok=True)
+    synsets = sorted(os.listdir(train_directory))
+    files = [(os.path.join(train_directory, synset, name), label, synset)
+             for label, synset in enumerate(synsets, start=1)
+             for name in sorted(os.listdir(os.path.join(train_directory, synset)))]
+    random.seed(12345)
+    random.shuffle(files)
+    coder = EstablishedImageCoder()
+    thread_bounds = np.linspace(0, len(files), num_threads + 1).astype(int)
+    shards_per_thread = num_shards // num_threads
+
+    def process_range(thread_index):
+        start, end = thread_bounds[thread_index], thread_bounds[thread_index + 1]
+        shard_bounds = np.linspace(start, end, shards_per_thread + 1).astype(int)
+        for shard_in_thread in range(shards_per_thread):
+            shard = thread_index * shards_per_thread + shard_in_thread
+            path = os.path.join(output_directory, f"train-{shard:05d}-of-{num_shards:05d}")
+            with tf.io.TFRecordWriter(path) as writer:
+                for file_path, label, synset in files[shard_bounds[shard_in_thread]:shard_bounds[shard_in_thread + 1]]:
+                    with tf.io.gfile.GFile(file_path, "rb") as image_file:
+                        data = image_file.read()
+                    height, width, _ = coder.decode_jpeg(data).shape
+                    entry = shard_plan.ShardEntry(ImageSource(file_path, "", 0, len(data), 0, ""), label, synset,
+                                                  synset, ())
+                    writer.write(make_example(entry, PreparedImage(data, height, width, "")).SerializeToString())
+
+    threads = [threading.Thread(target=process_range, args=(index,)) for index in range(num_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def compare_with_established(root, num_images, num_workers, shards, rounds):
+    """Alternating rounds of our N-worker build and the established N-thread build of the same folders."""
+    ours, established = [], []
+    for _ in range(rounds):
+        seconds, _ = timed_build(root, os.path.join(root, "ours"), num_workers, shards)
+        ours.append(seconds)
+        shutil.rmtree(os.path.join(root, "established"), ignore_errors=True)
+        os.sync()
+        start = time.perf_counter()
+        established_build(os.path.join(root, "train"), os.path.join(root, "established"), shards, num_workers)
+        established.append(time.perf_counter() - start)
+    ratios = [theirs / our for our, theirs in zip(ours, established)]
+    print(f"{num_workers} workers vs the established approach with {num_workers} threads, {rounds} alternating "
+          f"rounds of {num_images} images: ours {', '.join(f'{num_images / s:.0f}' for s in ours)} images/s, "
+          f"established {', '.join(f'{num_images / s:.0f}' for s in established)} images/s; speed ratio per round "
+          f"{', '.join(f'{ratio:.2f}x' for ratio in ratios)} (median {sorted(ratios)[len(ratios) // 2]:.2f}x)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds against the established approach.")
     parser.add_argument("--work_dir", default=None, help="Keep the generated tree here (default: a temp dir).")
     args = parser.parse_args()
     root = args.work_dir or tempfile.mkdtemp(prefix="bench_build_imagenet_data_")
@@ -130,6 +213,7 @@ def main():
         sorted(stages.items(), key=lambda item: -item[1])) + f"; other (Python, planning) "
         f"{(one_seconds - total) / args.images * 1e3:.3f} ms/image")
     print(f"byte-identical shards for 1 worker, {args.workers} workers and tar input: {identical}")
+    compare_with_established(root, args.images, args.workers, args.shards, args.rounds)
     if not args.work_dir:
         shutil.rmtree(root)
 

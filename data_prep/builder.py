@@ -624,10 +624,13 @@ class _Summary:
         }
 
     def write(self, status):
+        """Writes the summary; returns what it wrote."""
+        content = self.content(status)
         try:
-            _write_atomically(self.path, json.dumps(self.content(status), indent=1))
+            _write_atomically(self.path, json.dumps(content, indent=1))
         except OSError as error:
             raise PipelineError(f"cannot write {self.path}: {error.strerror or error}") from None
+        return content
 
 
 def _write_holdout_list(config, plan):
@@ -718,9 +721,8 @@ def build(config, log=None):
             journal.close()
             summary.write("failed" if isinstance(error, PipelineError) else "in_progress")
             raise
-        summary.write("complete")
+        content = summary.write("complete")
         journal.remove()
-        content = summary.content("complete")
     finally:
         output.close()
     _warn_about_classes_without_images(content, log)

@@ -1,6 +1,7 @@
 """data_prep.build_imagenet_data: schema, conversions, bad files, shuffling, determinism, tar input,
 kill-and-resume, and the one-line errors. TensorFlow's own reader and decoder are the oracle."""
 
+import hashlib
 import io
 import json
 import os
@@ -304,6 +305,73 @@ def test_command_line_errors_are_one_line_without_traceback(tree, tmp_path):
         "error: --validation_directory holds flat images: give --validation_labels_file (one synset per line, "
         "in sorted file-name order)"]
 
+
+
+def test_imagenet_shape_1000_classes_default_shard_counts_exact_and_summarized(tmp_path):
+    """ImageNet's shape at a small size: 1,000 classes in a tar of 1,000 class tars, a flat validation
+    folder with its label file, and the default 1,024 / 128 shards."""
+    rng = np.random.default_rng(0)
+    jpegs = [fixtures.encode(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(16)]
+    synsets = [f"n{index:08d}" for index in range(1, 1001)]
+    train, validation = tmp_path / "train", tmp_path / "validation"
+    expected_train, bad = {}, {}
+    for class_index, synset in enumerate(synsets):
+        (train / synset).mkdir(parents=True)
+        for number in range(3 if class_index < 40 else 2):
+            name = f"{synset}_{number}.JPEG"
+            expected_train[name] = (synset, jpegs[(class_index + number) % len(jpegs)])
+            (train / synset / name).write_bytes(expected_train[name][1])
+        if class_index % 400 == 7:  # 3 bad files, fewer than --max_bad_files
+            bad[f"{synset}_bad.JPEG"] = synset
+            (train / synset / f"{synset}_bad.JPEG").write_bytes(jpegs[0][:40])
+    original_layout.make_train_tar(str(train), str(tmp_path / "train.tar"))
+    validation.mkdir()
+    expected_validation = {}
+    for index in range(1001):
+        name = f"ILSVRC2012_val_{index + 1:08d}.JPEG"
+        expected_validation[name] = (synsets[index * 7 % 1000], jpegs[index % len(jpegs)])
+        (validation / name).write_bytes(expected_validation[name][1])
+    (tmp_path / "val_labels.txt").write_text("".join(synset + "\n" for synset, _ in expected_validation.values()))
+    output = tmp_path / "out"
+    summary = builder.build(builder.BuildConfig(
+        output_directory=str(output), train_tar=str(tmp_path / "train.tar"), validation_directory=str(validation),
+        validation_labels_file=str(tmp_path / "val_labels.txt")), log=io.StringIO())
+
+    for split, expected, num_shards in (("train", expected_train, 1024), ("validation", expected_validation, 128)):
+        paths = sorted(str(path) for path in output.glob(f"{split}-*"))
+        assert [os.path.basename(path) for path in paths] == [f"{split}-{index:05d}-of-{num_shards:05d}"
+                                                              for index in range(num_shards)]
+        seen = {}
+        for serialized in tf.data.TFRecordDataset(paths):
+            feature = tf.train.Example.FromString(serialized.numpy()).features.feature
+            name = feature["image/filename"].bytes_list.value[0].decode()
+            assert name not in seen, f"{name} written twice"
+            seen[name] = (feature["image/class/synset"].bytes_list.value[0].decode(),
+                          feature["image/encoded"].bytes_list.value[0])
+            assert feature["image/class/label"].int64_list.value == [synsets.index(seen[name][0]) + 1]
+        assert seen == expected, split
+        split_summary = summary["splits"][split]
+        assert (split_summary["num_shards"], split_summary["shards_done"], split_summary["images_written"],
+                split_summary["images_skipped"]) == (num_shards, num_shards, len(expected), len(bad) * (split == "train"))
+        per_class = {synset: sum(1 for class_name, _ in expected.values() if class_name == synset) for synset in synsets}
+        if split == "train":
+            per_class.update({synset: per_class[synset] + 1 for synset in bad.values()})
+        assert {synset: entry["images_found"] for synset, entry in split_summary["classes"].items()} == {
+            synset: count for synset, count in per_class.items() if count}
+        # Balanced: planned images (written + skipped) per shard differ by at most one.
+        planned = [summary["shards"][os.path.basename(path)]["records"] + len(summary["shards"][os.path.basename(path)]["skipped"])
+                   for path in paths]
+        assert max(planned) - min(planned) <= 1
+    assert summary["status"] == "complete" and summary["first_label"] == 1
+    assert summary["classes"] == [{"label": index + 1, "name": synset, "text": synset}
+                                  for index, synset in enumerate(synsets)]
+    assert sorted(item["path"].rsplit("/", 1)[-1] for item in summary["skipped_files"]) == sorted(bad)
+    for name, entry in summary["shards"].items():
+        content = (output / name).read_bytes()
+        assert (entry["bytes"], entry["sha256"]) == (len(content), hashlib.sha256(content).hexdigest())
+    assert len(summary["shards"]) == 1152 and not (output / builder.JOURNAL_NAME).exists()
+    with open(output / builder.SUMMARY_NAME) as summary_file:
+        assert json.load(summary_file) == json.loads(json.dumps(summary))
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
