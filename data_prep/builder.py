@@ -365,6 +365,14 @@ class _Journal:
             pass
 
 
+def _fsync_folder(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _write_atomically(path, text):
     temporary = path + ".incomplete"
     with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as output:
@@ -372,6 +380,8 @@ def _write_atomically(path, text):
         output.flush()
         os.fsync(output.fileno())
     os.replace(temporary, path)
+    # Also makes durable every rename before it, e.g. of the shards a complete summary vouches for.
+    _fsync_folder(os.path.dirname(os.path.abspath(path)))
 
 
 def _check_kept_splits_match(previous, plan, first_label, output_directory):
@@ -690,8 +700,8 @@ def build(config, log=None):
         _check_kept_splits_match(previous, plan, config.first_label, config.output_directory)
         tasks = _make_tasks(config, plan.splits, previous["shards"])
         summary = _Summary(config, plan, _write_holdout_list(config, plan), previous)
-        # At once: an earlier "complete" summary must not vouch for shards this run may replace.
-        summary.write("in_progress")
+        if previous.get("status") == "complete":
+            summary.write("in_progress")  # at once: it must not vouch for shards this run may replace
         journal.open()
         for split in plan.splits:
             log.write(_describe_split(split, config))

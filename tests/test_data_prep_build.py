@@ -191,10 +191,9 @@ def _tear_last_write(output_directory):
         lines = journal_file.read().splitlines(keepends=True)
     with open(journal, "wb") as journal_file:
         journal_file.write(b"".join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])
-    with open(os.path.join(output_directory, builder.SUMMARY_NAME), "rb") as summary_file:
-        summary = summary_file.read()
-    with open(os.path.join(output_directory, builder.SUMMARY_NAME + ".incomplete"), "wb") as temporary:
-        temporary.write(summary[:len(summary) // 2])
+    assert not os.path.exists(os.path.join(output_directory, builder.SUMMARY_NAME))  # written at the end
+    with open(os.path.join(output_directory, builder.SUMMARY_NAME + ".incomplete"), "w") as temporary:
+        temporary.write('{\n "status": "complete",\n "first_label": 1,\n "classes": [\n  {\n   "label"')
     return json.loads(lines[-1])["shard"]
 
 
@@ -234,6 +233,12 @@ def test_killed_build_leaves_only_complete_shards_and_resuming_equals_an_uninter
     assert summary["splits"] == uninterrupted_summary["splits"]
     assert summary["shards_reused_from_earlier_run"] == len(second_vouched)
     assert f"{len(second_vouched)} finished shards reused" in stderr
+
+    # Killed after the complete summary but before the journal was deleted: both vouch for the same shards.
+    with open(os.path.join(resumed, builder.JOURNAL_NAME), "w") as journal_file:
+        journal_file.writelines(json.dumps({"shard": name, **entry}) + "\n" for name, entry in second_vouched.items())
+    again = builder.build(config_for(tree, resumed, train_shards=many_shards), log=io.StringIO())
+    assert again["shards_reused_from_earlier_run"] == len(expected) and fixtures.shard_bytes(resumed) == expected
 
 
 def test_rerun_verifies_finished_shards_against_the_summary(tree, reference, tmp_path):
