@@ -8,7 +8,8 @@ flat validation folder with its label file (50,000 per 1,281,167 training images
 for 42.5% of the training images (544,546 of 1,281,167 in the original), converted to the box CSV by
 data_prep.process_bounding_boxes. Then it runs the build command (a process of its own, as users run it)
 into the default 1,024 / 128 shards and, up to --compare_up_to images, the same images into 10 shards,
-and prints per size: images/s, peak resident memory of the build process and of each worker, bytes
+and prints per size: images/s, peak resident memory of the build process and of each worker (and of
+the fork server the workers are forked from; resident pages they share with it count in each), bytes
 written per byte of shards, and the per-shard overhead; then how time per image grows with the size.
 Tiny images make the per-file and per-shard costs (listing, planning, journal, progress) visible; the
 per-image cost of real photos is bench_build_imagenet_data's subject.
@@ -38,10 +39,16 @@ DEFAULT_SHARDS, FEW_SHARDS = (1024, 128), (8, 2)
 _POLL_SECONDS = 0.1
 
 # Runs the build command and, on its way out, records its own peak memory and blocks written, and those
-# of its (joined) worker processes.
+# of its descendants: the workers, reaped by the fork server, count once that is stopped and reaped too
+# (through multiprocessing's private handle on it: this is a measurement, not the build).
 _MEASURED_BUILD = """
-import atexit, json, resource, sys
+import atexit, json, os, resource, sys
+from multiprocessing import forkserver
 def report(path=sys.argv[1]):
+    server = forkserver._forkserver
+    if server._forkserver_pid is not None:
+        os.close(server._forkserver_alive_fd)  # the server exits at the end of this pipe
+        os.waitpid(server._forkserver_pid, 0)
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(path, "w") as report_file:
         json.dump({"max_rss_kib": own.ru_maxrss, "written_bytes": own.ru_oublock * 512,
@@ -123,22 +130,26 @@ def _peak_rss_kib(pid):
     return None
 
 
-def _workers_of(pid):
-    """Pids of the build's worker processes (not multiprocessing's resource tracker)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as children:
-            pids = [int(child) for child in children.read().split()]
-    except OSError:
-        return []
-    workers = []
-    for child in pids:
+def _helpers_of(pid):
+    """Pids of the build's descendant processes: its fork server and the workers forked from it (not
+    multiprocessing's resource tracker)."""
+    helpers, parents = [], [pid]
+    while parents:
+        parent = parents.pop()
         try:
-            with open(f"/proc/{child}/cmdline", "rb") as cmdline:
-                if b"spawn_main" in cmdline.read():
-                    workers.append(child)
+            with open(f"/proc/{parent}/task/{parent}/children") as children:
+                pids = [int(child) for child in children.read().split()]
         except OSError:
             continue
-    return workers
+        for child in pids:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                    if b"resource_tracker" not in cmdline.read():
+                        helpers.append(child)
+                        parents.append(child)
+            except OSError:
+                continue
+    return helpers
 
 
 def _shards_size(directory):
@@ -161,7 +172,7 @@ def measured_build(root, output, shards, workers):
     build = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     while build.poll() is None:
-        for worker in _workers_of(build.pid):
+        for worker in _helpers_of(build.pid):
             peak = _peak_rss_kib(worker)
             if peak is not None:
                 worker_peaks[worker] = peak
@@ -185,7 +196,7 @@ def measured_build(root, output, shards, workers):
 def _describe(label, figures):
     workers = ", ".join(f"{peak:.0f}" for peak in figures["worker_peaks_mib"])
     return (f"  {label:>18}: {figures['images'] / figures['seconds']:8.0f} images/s ({figures['seconds']:.1f} s); "
-            f"peak RSS main {figures['main_peak_mib']:.0f} MiB, workers [{workers}] MiB; bytes written / "
+            f"peak RSS main {figures['main_peak_mib']:.0f} MiB, fork server and workers [{workers}] MiB; bytes written / "
             f"shard bytes {figures['written_ratio']:.2f}")
 
 
