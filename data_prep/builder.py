@@ -6,9 +6,9 @@ workers, and a finished shard that the summary vouches for (same plan digest, si
 when the same command runs again.
 
 Progress is durable without rewriting the summary after every shard: each finished shard appends one line
-to build_journal.jsonl (see _Journal), and build_summary.json is written once when the build starts, once
-when it ends, and when it fails or is interrupted; so the build process's cost per shard does not grow
-with the number of shards or classes.
+to build_journal.jsonl (see _Journal), and build_summary.json is written when the build ends, fails or is
+interrupted (and when it starts over a complete one); so the build process's cost per shard does not grow
+with the number of shards or classes (docs/DESIGN.md §5.1).
 
 Class names are the class folder names, whatever they are (ImageNet synsets, "Golden retriever",
 "café"); without a separate validation set, --validation_fraction holds out part of every class (holdout).
@@ -531,8 +531,9 @@ def _kind_counts(non_images):
 
 
 class _Summary:
-    """build_summary.json, written atomically when the build starts and ends (and when it fails or is
-    interrupted) so that a later run can trust it; between those, _Journal records each finished shard.
+    """build_summary.json, written atomically when the build ends, fails or is interrupted (and when it
+    starts over a complete one) so that a later run can trust it; between those, _Journal records each
+    finished shard.
 
     Schema (readers rely on the keys marked *; the rest is for people and may grow):
       status*                 "in_progress", "failed" or "complete"; only "complete" vouches for every shard
