@@ -5,6 +5,11 @@ worker processes. Each shard's bytes depend only on its plan, so output is ident
 workers, and a finished shard that the summary vouches for (same plan digest, size and SHA-256) is reused
 when the same command runs again.
 
+Progress is durable without rewriting the summary after every shard: each finished shard appends one line
+to build_journal.jsonl (see _Journal), and build_summary.json is written when the build ends, fails or is
+interrupted (and when it starts over a complete one); so the build process's cost per shard does not grow
+with the number of shards or classes (docs/DESIGN.md §5.1).
+
 Class names are the class folder names, whatever they are (ImageNet synsets, "Golden retriever",
 "café"); without a separate validation set, --validation_fraction holds out part of every class (holdout).
 build_summary.json describes the result; its schema is in _Summary's docstring.
@@ -35,6 +40,7 @@ from official.utils.progress import ProgressReporter, format_duration
 
 SUMMARY_NAME = "build_summary.json"
 HOLDOUT_LIST_NAME = "validation_holdout.tsv"
+JOURNAL_NAME = "build_journal.jsonl"
 LOCK_NAME = ".build_lock"
 _SHARD_PATTERN = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
 # How often the build process checks that its workers are alive while it waits for a shard.
@@ -288,6 +294,85 @@ def _read_previous_summary(path, log):
         return {}
 
 
+class _Journal:
+    """build_journal.jsonl: one line `{"shard": name, <its summary entry>}` per shard finished (built, or
+    verified and reused), appended as it finishes, so a killed build's successor knows what to reuse.
+
+    Only ever appended to (one write per line), and removed once a complete summary has been written; a
+    build killed mid-line leaves a torn last line, which readers skip and the next run terminates before
+    appending. Nothing in it is trusted blindly: a shard is reused only when its plan digest, size and
+    SHA-256 still match (shard_writer), so a line lost or torn costs a rebuild of that shard, never its
+    bytes. That is also why it is not fsynced: the shards are, before their final rename.
+    """
+
+    def __init__(self, output_directory):
+        self.path = os.path.join(output_directory, JOURNAL_NAME)
+        self._descriptor = None
+
+    def read(self, log):
+        """{shard name: summary entry} of the lines written so far (the last line for a shard wins)."""
+        shards = {}
+        try:
+            with open(self.path, encoding="ascii", errors="replace") as journal_file:
+                for line in journal_file:
+                    try:
+                        entry = json.loads(line)
+                        shards[entry.pop("shard")] = entry
+                    except (ValueError, KeyError, AttributeError, TypeError):
+                        continue  # a line torn by a kill mid-write: that shard is rebuilt
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            log.write(f"warning: ignoring unreadable {self.path} ({error.strerror or error}); shards it "
+                      f"lists will be rebuilt\n")
+        return shards
+
+    def open(self):
+        try:
+            # Read-write so that the last byte can be checked; O_APPEND puts every write at the end.
+            self._descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            size = os.fstat(self._descriptor).st_size
+            if size and os.pread(self._descriptor, 1, size - 1) != b"\n":
+                self._write(b"\n")  # ends a torn last line, so that the next one parses
+        except OSError as error:
+            raise PipelineError(f"cannot write {self.path}: {error.strerror or error}") from None
+
+    def _write(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._descriptor, view):]
+
+    def append(self, name, entry):
+        # ensure_ascii: file names that are not UTF-8 travel as \udcXX escapes, as in the summary.
+        line = json.dumps({"shard": name, **entry}, ensure_ascii=True, separators=(",", ":")) + "\n"
+        try:
+            self._write(line.encode("ascii"))
+        except OSError as error:
+            raise PipelineError(f"cannot write {self.path}: {error.strerror or error}; check free space of "
+                                f"--output_directory") from None
+
+    def close(self):
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+    def remove(self):
+        """After a complete summary, which holds everything the journal did."""
+        self.close()
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_folder(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _write_atomically(path, text):
     temporary = path + ".incomplete"
     with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as output:
@@ -295,6 +380,8 @@ def _write_atomically(path, text):
         output.flush()
         os.fsync(output.fileno())
     os.replace(temporary, path)
+    # Also makes durable every rename before it, e.g. of the shards a complete summary vouches for.
+    _fsync_folder(os.path.dirname(os.path.abspath(path)))
 
 
 def _check_kept_splits_match(previous, plan, first_label, output_directory):
@@ -375,8 +462,11 @@ def _run_in_workers(tasks, num_workers):
     """Yields ShardResults as worker processes finish shards. A worker that dies (e.g. killed by the kernel
     when memory runs out) fails the build at once, naming it and its shard; multiprocessing.Pool would
     wait forever for that shard instead."""
-    # 'spawn', not 'fork': the caller may have TensorFlow loaded, and forking it is unsafe.
-    context = multiprocessing.get_context("spawn")
+    # Not 'fork': the caller may have TensorFlow running, and forking it is unsafe. A fork server (a fresh
+    # process) imports TensorFlow once, before any of it runs, and forks every worker from there: one
+    # import instead of one per worker (seconds of CPU each), and the workers share its memory.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["data_prep.shard_writer"])
     task_queue, result_queue = context.Queue(), context.Queue()
     for item in enumerate(tasks):
         task_queue.put(item)
@@ -422,7 +512,7 @@ def _run_in_workers(tasks, num_workers):
 
 
 def run_shard_task(task):
-    """Worker entry point (picklable by reference for 'spawn' pools)."""
+    """Worker entry point (picklable by reference for worker processes)."""
     # TensorFlow loads here, in the worker, never in the process that starts the workers.
     from data_prep import shard_writer
     return shard_writer.write_shard(task)
@@ -441,7 +531,9 @@ def _kind_counts(non_images):
 
 
 class _Summary:
-    """build_summary.json, rewritten atomically after every shard so a later run can trust it.
+    """build_summary.json, written atomically when the build ends, fails or is interrupted (and when it
+    starts over a complete one) so that a later run can trust it; between those, _Journal records each
+    finished shard.
 
     Schema (readers rely on the keys marked *; the rest is for people and may grow):
       status*                 "in_progress", "failed" or "complete"; only "complete" vouches for every shard
@@ -485,21 +577,20 @@ class _Summary:
         self._settings["label_range"] = [config.first_label, config.first_label + len(plan.synsets) - 1]
         self.stage_seconds = collections.defaultdict(float)
         self.reused = 0
+        # Of this run's shards (each is recorded once), kept as a count: checked after every shard.
+        self.bad_files = 0
         self.start = time.monotonic()
 
     def record(self, result):
         self.shards[result.name] = result.summary_entry()
         self.reused += result.reused
+        self.bad_files += len(result.skipped)
         for stage, seconds in result.stage_seconds.items():
             self.stage_seconds[stage] += seconds
 
     def _current_shards(self, split):
         names = [shard_plan.shard_name(split.name, index, split.num_shards) for index in range(split.num_shards)]
         return {name: self.shards[name] for name in names if name in self.shards}
-
-    def bad_file_count(self):
-        return sum(len(entry["skipped"]) for split in self._plan.splits
-                   for entry in self._current_shards(split).values())
 
     def content(self, status):
         plan = self._plan
@@ -547,10 +638,13 @@ class _Summary:
         }
 
     def write(self, status):
+        """Writes the summary; returns what it wrote."""
+        content = self.content(status)
         try:
-            _write_atomically(self.path, json.dumps(self.content(status), indent=1))
+            _write_atomically(self.path, json.dumps(content, indent=1))
         except OSError as error:
             raise PipelineError(f"cannot write {self.path}: {error.strerror or error}") from None
+        return content
 
 
 def _write_holdout_list(config, plan):
@@ -603,11 +697,16 @@ def build(config, log=None):
         output.check_no_foreign_shards(plan.splits)
         output.remove_incomplete_files()
         summary_path = os.path.join(config.output_directory, SUMMARY_NAME)
+        journal = _Journal(config.output_directory)
         previous = _read_previous_summary(summary_path, log)
+        # Shards finished since the summary was last written (by a build that was killed) count as well.
+        previous["shards"] = {**previous.get("shards", {}), **journal.read(log)}
         _check_kept_splits_match(previous, plan, config.first_label, config.output_directory)
-        tasks = _make_tasks(config, plan.splits, previous.get("shards", {}))
+        tasks = _make_tasks(config, plan.splits, previous["shards"])
         summary = _Summary(config, plan, _write_holdout_list(config, plan), previous)
-        summary.write("in_progress")
+        if previous.get("status") == "complete":
+            summary.write("in_progress")  # at once: it must not vouch for shards this run may replace
+        journal.open()
         for split in plan.splits:
             log.write(_describe_split(split, config))
         planned_images = {task.name: len(task.entries) for task in tasks}
@@ -616,6 +715,7 @@ def build(config, log=None):
         try:
             for result in _run_tasks(tasks, config.num_workers):
                 summary.record(result)
+                journal.append(result.name, result.summary_entry())
                 if result.reused:
                     progress.exclude(planned_images[result.name])
                 else:
@@ -623,19 +723,20 @@ def build(config, log=None):
                         log.write(f"warning: skipped {path}: {reason}\n")
                     for path, conversion in result.converted:
                         log.write(f"note: converted {path} ({conversion})\n")
-                bad_files = summary.bad_file_count()
-                if bad_files > config.max_bad_files:
-                    raise PipelineError(f"{bad_files} bad files, more than --max_bad_files={config.max_bad_files}; "
-                                        f"see 'skipped_files' in {summary_path}, fix or remove them (or raise "
-                                        f"--max_bad_files) and run the same command again")
-                summary.write("in_progress")
+                if summary.bad_files > config.max_bad_files:
+                    raise PipelineError(f"{summary.bad_files} bad files, more than --max_bad_files="
+                                        f"{config.max_bad_files}; see 'skipped_files' in {summary_path}, fix or "
+                                        f"remove them (or raise --max_bad_files) and run the same command again")
                 if not result.reused:
                     progress.advance(planned_images[result.name])
-        except PipelineError:
-            summary.write("failed")  # still vouching for the shards finished so far: a re-run reuses them
+        except BaseException as error:  # a bad input or a dead worker (failed); Ctrl-C or a bug (unfinished)
+            # Still vouching for the shards finished so far: a re-run reuses them (the journal stays too,
+            # for the shards of an earlier run that this one had not verified yet).
+            journal.close()
+            summary.write("failed" if isinstance(error, PipelineError) else "in_progress")
             raise
-        summary.write("complete")
-        content = summary.content("complete")
+        content = summary.write("complete")
+        journal.remove()
     finally:
         output.close()
     _warn_about_classes_without_images(content, log)

@@ -129,12 +129,9 @@ def write_shard(task):
                 sha256 = _sha256_of(descriptor)
             finally:
                 os.close(descriptor)
+            # The folder is fsynced once, before the complete summary: until then a rename lost to a crash
+            # only means that shard is built again.
             os.replace(temporary_path, final_path)
-            directory = os.open(task.output_directory, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
     except (OSError, tf.errors.OpError) as error:
         message = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
         raise PipelineError(f"writing {temporary_path} failed: {message}; check free space and permissions "

@@ -3,6 +3,7 @@
 import dataclasses
 import glob
 import io
+import json
 import os
 
 import numpy as np
@@ -188,3 +189,25 @@ def shard_bytes(directory):
         with open(path, "rb") as shard:
             result[os.path.basename(path)] = shard.read()
     return result
+
+
+def vouched_shards(output_directory):
+    """{shard name: entry} that the summary and the journal of finished shards vouch for, read as a
+    resuming build must: whole lines of the journal only, later lines winning."""
+    shards = {}
+    try:
+        with open(os.path.join(output_directory, "build_summary.json")) as summary_file:
+            shards.update(json.load(summary_file)["shards"])
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(output_directory, "build_journal.jsonl")) as journal_file:
+            for line in journal_file:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # torn by a kill: not vouched for
+                shards[entry.pop("shard")] = entry
+    except OSError:
+        pass
+    return shards

@@ -1,6 +1,7 @@
 """data_prep.build_imagenet_data: schema, conversions, bad files, shuffling, determinism, tar input,
 kill-and-resume, and the one-line errors. TensorFlow's own reader and decoder are the oracle."""
 
+import hashlib
 import io
 import json
 import os
@@ -169,6 +170,33 @@ def _cli_arguments(tree, output_directory, train_shards):
             f"--validation_shards={VALIDATION_SHARDS}", "--num_workers=1"]
 
 
+def _kill_after_shards(arguments, output_directory, count):
+    """Starts the command line build, SIGKILLs it once `count` shards are vouched for; returns those
+    vouched for once it is dead."""
+    process = _run_cli(arguments)
+    deadline = time.monotonic() + 120
+    while (len(fixtures.vouched_shards(output_directory)) < count and process.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    return fixtures.vouched_shards(output_directory)
+
+
+def _tear_last_write(output_directory):
+    """What a kill in the middle of writing leaves: half of the journal's last line, and a half-written
+    temporary summary (the summary itself is only ever replaced by rename)."""
+    journal = os.path.join(output_directory, builder.JOURNAL_NAME)
+    with open(journal, "rb") as journal_file:
+        lines = journal_file.read().splitlines(keepends=True)
+    with open(journal, "wb") as journal_file:
+        journal_file.write(b"".join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])
+    assert not os.path.exists(os.path.join(output_directory, builder.SUMMARY_NAME))  # written at the end
+    with open(os.path.join(output_directory, builder.SUMMARY_NAME + ".incomplete"), "w") as temporary:
+        temporary.write('{\n "status": "complete",\n "first_label": 1,\n "classes": [\n  {\n   "label"')
+    return json.loads(lines[-1])["shard"]
+
+
 def test_killed_build_leaves_only_complete_shards_and_resuming_equals_an_uninterrupted_run(tree, tmp_path):
     many_shards = 26  # one image per shard: many chances to be killed between and inside shards
     uninterrupted = str(tmp_path / "uninterrupted")
@@ -176,37 +204,41 @@ def test_killed_build_leaves_only_complete_shards_and_resuming_equals_an_uninter
     expected = fixtures.shard_bytes(uninterrupted)
 
     resumed = str(tmp_path / "resumed")
-    summary_path = os.path.join(resumed, builder.SUMMARY_NAME)
-
-    def shards_in_summary():
-        try:
-            with open(summary_path) as summary_file:
-                return json.load(summary_file)["shards"]
-        except (OSError, ValueError):
-            return {}
-
-    process = _run_cli(_cli_arguments(tree, resumed, many_shards))
-    deadline = time.monotonic() + 120
-    while not shards_in_summary() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    arguments = _cli_arguments(tree, resumed, many_shards)
+    first_vouched = _kill_after_shards(arguments, resumed, 3)
     finished = fixtures.shard_bytes(resumed)
-    vouched_for = shards_in_summary()
-    assert 0 < len(vouched_for) <= len(finished) < len(expected), "the build must be killed part-way"
+    assert 3 <= len(first_vouched) <= len(finished) < len(expected), "the build must be killed part-way"
     for name, content in finished.items():
         assert content == expected[name], f"{name} exists under its final name but is incomplete"
+    torn = _tear_last_write(resumed)
 
-    process = _run_cli(_cli_arguments(tree, resumed, many_shards))
+    assert torn not in fixtures.vouched_shards(resumed)
+
+    # Killed again, maybe before it verified every shard of the first run: those stay reusable.
+    second_vouched = _kill_after_shards(arguments, resumed, len(first_vouched) + 1)
+    assert first_vouched.keys() - {torn} <= second_vouched.keys() and len(second_vouched) < len(expected)
+
+    process = _run_cli(arguments)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert fixtures.shard_bytes(resumed) == expected
     assert not [name for name in os.listdir(resumed) if name.startswith(".incomplete")]
+    assert not os.path.exists(os.path.join(resumed, builder.JOURNAL_NAME))  # folded into the summary
     with open(os.path.join(resumed, builder.SUMMARY_NAME)) as summary_file:
         summary = json.load(summary_file)
+    with open(os.path.join(uninterrupted, builder.SUMMARY_NAME)) as summary_file:
+        uninterrupted_summary = json.load(summary_file)
     assert summary["status"] == "complete"
-    assert summary["shards_reused_from_earlier_run"] == len(vouched_for)
-    assert "finished shards reused" in stderr
+    assert summary["shards"] == uninterrupted_summary["shards"]
+    assert summary["splits"] == uninterrupted_summary["splits"]
+    assert summary["shards_reused_from_earlier_run"] == len(second_vouched)
+    assert f"{len(second_vouched)} finished shards reused" in stderr
+
+    # Killed after the complete summary but before the journal was deleted: both vouch for the same shards.
+    with open(os.path.join(resumed, builder.JOURNAL_NAME), "w") as journal_file:
+        journal_file.writelines(json.dumps({"shard": name, **entry}) + "\n" for name, entry in second_vouched.items())
+    again = builder.build(config_for(tree, resumed, train_shards=many_shards), log=io.StringIO())
+    assert again["shards_reused_from_earlier_run"] == len(expected) and fixtures.shard_bytes(resumed) == expected
 
 
 def test_rerun_verifies_finished_shards_against_the_summary(tree, reference, tmp_path):
@@ -278,6 +310,73 @@ def test_command_line_errors_are_one_line_without_traceback(tree, tmp_path):
         "error: --validation_directory holds flat images: give --validation_labels_file (one synset per line, "
         "in sorted file-name order)"]
 
+
+
+def test_imagenet_shape_1000_classes_default_shard_counts_exact_and_summarized(tmp_path):
+    """ImageNet's shape at a small size: 1,000 classes in a tar of 1,000 class tars, a flat validation
+    folder with its label file, and the default 1,024 / 128 shards."""
+    rng = np.random.default_rng(0)
+    jpegs = [fixtures.encode(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(16)]
+    synsets = [f"n{index:08d}" for index in range(1, 1001)]
+    train, validation = tmp_path / "train", tmp_path / "validation"
+    expected_train, bad = {}, {}
+    for class_index, synset in enumerate(synsets):
+        (train / synset).mkdir(parents=True)
+        for number in range(3 if class_index < 40 else 2):
+            name = f"{synset}_{number}.JPEG"
+            expected_train[name] = (synset, jpegs[(class_index + number) % len(jpegs)])
+            (train / synset / name).write_bytes(expected_train[name][1])
+        if class_index % 400 == 7:  # 3 bad files, fewer than --max_bad_files
+            bad[f"{synset}_bad.JPEG"] = synset
+            (train / synset / f"{synset}_bad.JPEG").write_bytes(jpegs[0][:40])
+    original_layout.make_train_tar(str(train), str(tmp_path / "train.tar"))
+    validation.mkdir()
+    expected_validation = {}
+    for index in range(1001):
+        name = f"ILSVRC2012_val_{index + 1:08d}.JPEG"
+        expected_validation[name] = (synsets[index * 7 % 1000], jpegs[index % len(jpegs)])
+        (validation / name).write_bytes(expected_validation[name][1])
+    (tmp_path / "val_labels.txt").write_text("".join(synset + "\n" for synset, _ in expected_validation.values()))
+    output = tmp_path / "out"
+    summary = builder.build(builder.BuildConfig(
+        output_directory=str(output), train_tar=str(tmp_path / "train.tar"), validation_directory=str(validation),
+        validation_labels_file=str(tmp_path / "val_labels.txt")), log=io.StringIO())
+
+    for split, expected, num_shards in (("train", expected_train, 1024), ("validation", expected_validation, 128)):
+        paths = sorted(str(path) for path in output.glob(f"{split}-*"))
+        assert [os.path.basename(path) for path in paths] == [f"{split}-{index:05d}-of-{num_shards:05d}"
+                                                              for index in range(num_shards)]
+        seen = {}
+        for serialized in tf.data.TFRecordDataset(paths):
+            feature = tf.train.Example.FromString(serialized.numpy()).features.feature
+            name = feature["image/filename"].bytes_list.value[0].decode()
+            assert name not in seen, f"{name} written twice"
+            seen[name] = (feature["image/class/synset"].bytes_list.value[0].decode(),
+                          feature["image/encoded"].bytes_list.value[0])
+            assert feature["image/class/label"].int64_list.value == [synsets.index(seen[name][0]) + 1]
+        assert seen == expected, split
+        split_summary = summary["splits"][split]
+        assert (split_summary["num_shards"], split_summary["shards_done"], split_summary["images_written"],
+                split_summary["images_skipped"]) == (num_shards, num_shards, len(expected), len(bad) * (split == "train"))
+        per_class = {synset: sum(1 for class_name, _ in expected.values() if class_name == synset) for synset in synsets}
+        if split == "train":
+            per_class.update({synset: per_class[synset] + 1 for synset in bad.values()})
+        assert {synset: entry["images_found"] for synset, entry in split_summary["classes"].items()} == {
+            synset: count for synset, count in per_class.items() if count}
+        # Balanced: planned images (written + skipped) per shard differ by at most one.
+        planned = [summary["shards"][os.path.basename(path)]["records"] + len(summary["shards"][os.path.basename(path)]["skipped"])
+                   for path in paths]
+        assert max(planned) - min(planned) <= 1
+    assert summary["status"] == "complete" and summary["first_label"] == 1
+    assert summary["classes"] == [{"label": index + 1, "name": synset, "text": synset}
+                                  for index, synset in enumerate(synsets)]
+    assert sorted(item["path"].rsplit("/", 1)[-1] for item in summary["skipped_files"]) == sorted(bad)
+    for name, entry in summary["shards"].items():
+        content = (output / name).read_bytes()
+        assert (entry["bytes"], entry["sha256"]) == (len(content), hashlib.sha256(content).hexdigest())
+    assert len(summary["shards"]) == 1152 and not (output / builder.JOURNAL_NAME).exists()
+    with open(output / builder.SUMMARY_NAME) as summary_file:
+        assert json.load(summary_file) == json.loads(json.dumps(summary))
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -359,18 +359,10 @@ def _slow_build(tmp_path):
     return command, output, build
 
 
-def _summary_shards(output):
-    try:
-        with open(output / "build_summary.json") as summary_file:
-            return json.load(summary_file)["shards"]
-    except (OSError, ValueError, KeyError):
-        return {}
-
-
 def _wait_for_a_worker_after_a_finished_shard(output, build):
-    """(pid, temporary file) of a worker writing a shard once the summary vouches for another shard."""
+    """(pid, temporary file) of a worker writing a shard once another shard is vouched for."""
     while build.poll() is None:
-        writers = _processes_writing(output) if _summary_shards(output) else {}
+        writers = _processes_writing(output) if fixtures.vouched_shards(str(output)) else {}
         if writers:
             return next(iter(writers.items()))
     raise AssertionError("the build ended before a worker was caught writing a shard")
