@@ -5,6 +5,8 @@ TensorFlow aborts the interpreter on some malformed addresses and waits forever 
 for peers that never answer; everything here turns those into one-line errors.
 """
 
+import contextlib
+import logging
 import os
 import re
 import shutil
@@ -244,3 +246,88 @@ def join_cluster(make_strategy, tf_config, timeout_secs):
     if in_main_thread:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return strategy
+
+
+# The exit code of a task that stopped because another task of its job was lost (EX_TEMPFAIL):
+# relaunching every task with the same command resumes from the last checkpoint. Launchers retry on
+# it; any other non-zero code (bad input, a bad flag) is final.
+PEER_LOST_EXIT_CODE = 75
+
+# TensorFlow's collective errors name the remote task as /job:<type>/replica:0/task:<index>.
+_REMOTE_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+# MonitoredSession logs this when an Aborted or Unavailable error made it decide to close the session
+# and create a new one (restoring the last checkpoint). Under a collective strategy a new session
+# meets the same lost peer, so it would restore again and again, forever.
+_SESSION_RECREATED = "A new session will be created"
+
+
+def _task_name(tf_config, task_type, index):
+    addresses = tf_config.get("cluster", {}).get(task_type, [])
+    address = f" ({addresses[index]})" if index < len(addresses) else ""
+    return f"{task_type} {index}{address}"
+
+
+def lost_peers(tf_config, error_text=""):
+    """The other training tasks that `error_text` names, else those no longer accepting
+    connections, as "type index (host:port)"."""
+    own = tf_config["task"]
+    named = []
+    for task_type, index in _REMOTE_TASK.findall(error_text):
+        if (task_type, int(index)) != (own["type"], own.get("index", 0)):
+            name = _task_name(tf_config, task_type, int(index))
+            if name not in named:
+                named.append(name)
+    if named:
+        return named
+    return [_task_name(tf_config, task_type, index)
+            for task_type in TRAINING_JOBS
+            for index, address in enumerate(tf_config["cluster"].get(task_type, []))
+            if address != _own_address(tf_config) and not _answers(address)]
+
+
+def exit_peer_lost(tf_config, error_text=""):
+    """Ends this process with PEER_LOST_EXIT_CODE and one line naming the lost peer.
+
+    os._exit, because a collective strategy with a dead peer can hang in its teardown. Checkpoints
+    are written to a temporary name and renamed, so no half-written one is left behind.
+    """
+    peers = lost_peers(tf_config, error_text) or ["a peer that stopped answering collectives"]
+    own = _task_name(tf_config, tf_config["task"]["type"], tf_config["task"].get("index", 0))
+    sys.stdout.flush()
+    for handler in logging.getLogger().handlers + tf.get_logger().handlers:
+        handler.flush()
+    sys.stderr.write(f"error: {own} stops: lost {', '.join(peers)}; relaunch all tasks with the "
+                     f"same command to resume from the last checkpoint (exit code "
+                     f"{PEER_LOST_EXIT_CODE})\n")
+    sys.stderr.flush()
+    os._exit(PEER_LOST_EXIT_CODE)  # pylint: disable=protected-access
+
+
+class _SessionRecreationWatch(logging.Handler):
+    """Ends the process where MonitoredSession would re-create its session after a peer's error."""
+
+    def __init__(self, tf_config):
+        super().__init__(logging.INFO)
+        self._tf_config = tf_config
+
+    def emit(self, record):
+        message = record.getMessage()
+        if _SESSION_RECREATED in message:
+            exit_peer_lost(self._tf_config, message)
+
+
+@contextlib.contextmanager
+def peer_loss_ends_task(tf_config):
+    """Within it, losing another training task ends this one with PEER_LOST_EXIT_CODE: when
+    MonitoredSession would re-create its session, or when a collective fails or times out (see
+    CommunicationOptions in `collective_options`)."""
+    watch = _SessionRecreationWatch(tf_config)
+    logger = tf.get_logger()
+    logger.addHandler(watch)
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.AbortedError, tf.errors.CancelledError) as error:
+        exit_peer_lost(tf_config, error.message)
+    finally:
+        logger.removeHandler(watch)

@@ -42,6 +42,8 @@ from official.xception import shard_check
 from official.xception import xception_flags
 from official.xception import xception_model
 
+# The checkpoint cadence of a multi-worker run without --save_checkpoints_steps.
+MULTI_WORKER_CHECKPOINT_STEPS = 1000
 _NON_FINITE_LOSS = re.compile(r"\[%s\] \[(\d+)\] \[loss\] \[([^\]]+)\]"
                               % re.escape(model_fn_lib.NON_FINITE_LOSS_TAG))
 
@@ -144,7 +146,9 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
     # An evaluator's --num_gpus is each training task's, which sets its batch; it uses one device.
     if num_gpus > visible_gpus and task_type != cluster.EVALUATOR:
         raise PipelineError(f"--num_gpus={num_gpus} but this machine has {visible_gpus} visible GPUs")
-    _use_first_gpus(min(num_gpus, visible_gpus))
+    # The evaluator evaluates on one device: it must not take memory on the others, which training
+    # tasks on the same machine use.
+    _use_first_gpus(min(1 if task_type == cluster.EVALUATOR else num_gpus, visible_gpus))
     if num_cpu_replicas < 1:
         raise PipelineError(f"--num_cpu_replicas must be at least 1, got {num_cpu_replicas}")
     if num_gpus and num_cpu_replicas > 1:
@@ -176,9 +180,13 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
         if all_reduce_alg not in implementation:
             raise PipelineError(f"--all_reduce_alg={all_reduce_alg} is for mirrored; "
                                 "multi_worker_mirrored takes ring, nccl or auto")
+        # A collective that waits longer than this for a peer fails instead of hanging (a peer
+        # whose machine vanished closes no connection); see cluster.peer_loss_ends_task.
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=implementation[all_reduce_alg], timeout_seconds=peer_timeout_secs)
         strategy = cluster.join_cluster(
-            functools.partial(tf.distribute.experimental.MultiWorkerMirroredStrategy,
-                              communication=implementation[all_reduce_alg]),
+            functools.partial(tf.distribute.MultiWorkerMirroredStrategy,
+                              communication_options=options),
             tf_config, peer_timeout_secs)
         return Placement(strategy, strategy.num_replicas_in_sync, 1, is_chief, True, num_gpus)
 
@@ -293,13 +301,20 @@ def make_run_config(flags_obj, placement):
             logging.warning("--enable_xla on CPU: expect it to be several times slower")
         session_config.graph_options.optimizer_options.global_jit_level = (
             tf.compat.v1.OptimizerOptions.ON_1)
-    checkpoint_every = ({"save_checkpoints_steps": flags_obj.save_checkpoints_steps}
-                        if flags_obj.save_checkpoints_steps else {"save_checkpoints_secs": 600})
+    if flags_obj.save_checkpoints_steps:
+        checkpoint_every = {"save_checkpoints_steps": flags_obj.save_checkpoints_steps}
+    elif placement.multi_worker:
+        # Every training task saves at the same steps (saving runs collectives), so a clock that
+        # differs between machines cannot set the cadence.
+        checkpoint_every = {"save_checkpoints_steps": MULTI_WORKER_CHECKPOINT_STEPS}
+    else:
+        checkpoint_every = {"save_checkpoints_secs": 600}
     return tf.estimator.RunConfig(
         model_dir=flags_obj.model_dir,
         tf_random_seed=flags_obj.seed,
         session_config=session_config,
-        keep_checkpoint_max=flags_obj.keep_checkpoint_max,
+        # A non-chief's own checkpoints (model_dir/tmp_worker_N) only let it restart: one is enough.
+        keep_checkpoint_max=flags_obj.keep_checkpoint_max if placement.is_chief else 1,
         log_step_count_steps=flags_obj.log_steps,
         save_summary_steps=flags_obj.log_steps,
         train_distribute=placement.strategy,
@@ -620,12 +635,15 @@ def run(flags_obj, model_builder=None):
             logging.info("--model_dir=%s is at global step %d, the last step is %d: nothing left to "
                          "train or evaluate", flags_obj.model_dir, done_steps, total_steps)
         elif placement.multi_worker:
-            tf.estimator.train_and_evaluate(
-                estimator,
-                tf.estimator.TrainSpec(train_input_fn_from(done_steps), max_steps=total_steps,
-                                       hooks=train_hooks),
-                tf.estimator.EvalSpec(eval_input_fn, steps=eval_steps, start_delay_secs=0,
-                                      throttle_secs=flags_obj.eval_throttle_secs))
+            # The evaluator is no part of the training cluster: it outlives a lost training task.
+            with (contextlib.nullcontext() if is_evaluator
+                  else cluster.peer_loss_ends_task(tf_config)):
+                tf.estimator.train_and_evaluate(
+                    estimator,
+                    tf.estimator.TrainSpec(train_input_fn_from(done_steps), max_steps=total_steps,
+                                           hooks=train_hooks),
+                    tf.estimator.EvalSpec(eval_input_fn, steps=eval_steps, start_delay_secs=0,
+                                          throttle_secs=flags_obj.eval_throttle_secs))
         else:
             cycle_ends = [end for end in training_cycle_ends(total_steps, steps_per_epoch,
                                                              flags_obj.epochs_between_evals)
