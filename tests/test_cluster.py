@@ -1,6 +1,6 @@
 """The cluster of a multi-worker job: host lists and TF_CONFIG checked up front in one line, the
 TFJob layout from --worker_hosts, Slurm through TensorFlow's resolver, a bounded wait for peers that
-SIGTERM ends, the evaluator's per-device batch, and --num_gpus=0 meaning the CPU everywhere."""
+SIGTERM ends, every malformed role combination in one line, the evaluator's per-device batch, and --num_gpus=0 meaning the CPU everywhere."""
 
 import json
 import os
@@ -75,6 +75,64 @@ def test_malformed_tf_config_is_a_one_line_error(monkeypatch, tf_config, message
     with pytest.raises(PipelineError, match=message) as raised:
         imagenet_main.configure_cluster(None, None)
     assert "\n" not in str(raised.value)
+
+
+# Role combinations TensorFlow's RunConfig itself rejects (with a ValueError traceback).
+MALFORMED_ROLES = [
+    ({"worker": ["a:1", "b:2"]}, {"type": "evaluator", "index": 0},
+     r"an evaluator needs a chief in the cluster \(cluster has worker only\)"),
+]
+
+
+@pytest.mark.parametrize("cluster_jobs, task, message", MALFORMED_ROLES)
+def test_role_combinations_the_estimator_rejects_are_one_line_errors(monkeypatch, cluster_jobs,
+                                                                     task, message):
+    tf_config = json.dumps({"cluster": cluster_jobs, "task": task})
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    # The oracle: the Estimator's own RunConfig refuses this TF_CONFIG.
+    with pytest.raises(ValueError):
+        tf.estimator.RunConfig()
+    with pytest.raises(PipelineError, match=message) as raised:
+        imagenet_main.configure_cluster(None, None)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("cluster_jobs, task, message", [
+    # train_and_evaluate refuses it only once the evaluator has built its Estimator.
+    ({"chief": ["a:1"], "worker": ["b:2"]}, {"type": "evaluator", "index": 1},
+     "evaluator 1: a job has one evaluator, of index 0"),
+    ({"master": ["a:1"], "worker": ["b:2"]}, {"type": "worker", "index": 0},
+     "cluster.master: name it chief"),
+    ({"chief": ["a:1"], "ps": ["b:2"]}, {"type": "chief", "index": 0},
+     "cluster.ps: parameter servers are not supported"),
+    ({"chief": ["a:1"], "evaluator": ["c:3", "d:4"]}, {"type": "chief", "index": 0},
+     "cluster.evaluator has 2 entries; a job has at most one evaluator"),
+    ({"chief": ["a:1"], "trainer": ["b:2"]}, {"type": "chief", "index": 0},
+     "cluster.trainer: the jobs are chief, worker and evaluator"),
+])
+def test_other_roles_and_jobs_are_one_line_errors(monkeypatch, cluster_jobs, task, message):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster_jobs, "task": task}))
+    with pytest.raises(PipelineError, match=message) as raised:
+        imagenet_main.configure_cluster(None, None)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_malformed_tf_config_stops_the_command_before_anything_runs(tmp_path):
+    cluster_jobs, task, message = MALFORMED_ROLES[0]
+    model_dir = tmp_path / "model"
+    environment = dict(process_fixtures.environment(),
+                       TF_CONFIG=json.dumps({"cluster": cluster_jobs, "task": task}))
+    result = subprocess.run(
+        [sys.executable, "-m", "official.xception.imagenet_main", f"--model_dir={model_dir}",
+         "--use_synthetic_data", "--distribution_strategy=multi_worker_mirrored"],
+        cwd=process_fixtures.REPO, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "rror" in line
+              and "cuda" not in line.lower() and "factory" not in line]
+    assert len(errors) == 1 and errors[0].startswith("error: TF_CONFIG: "), result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing ran: no checkpoint, no lock, no summary (the flags' check may have made the folder).
+    assert not model_dir.exists() or not any(model_dir.iterdir())
 
 
 def test_a_cluster_is_given_one_way_only(monkeypatch):

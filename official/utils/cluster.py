@@ -59,6 +59,15 @@ def _check_training_cluster(cluster, source):
                 raise PipelineError(f"{where} {address!r} is also {seen[address]}: every task "
                                     "needs its own host:port")
             seen[address] = where
+    for job in cluster:
+        if job not in TRAINING_JOBS + (EVALUATOR,):
+            advice = {"master": "name it chief (TFJob: a Chief replica)",
+                      "ps": "parameter servers are not supported: train with chief and workers"}
+            raise PipelineError(f"{source}: cluster.{job}: "
+                                + advice.get(job, "the jobs are chief, worker and evaluator"))
+    if len(cluster.get(EVALUATOR, [])) > 1:
+        raise PipelineError(f"{source}: cluster.evaluator has {len(cluster[EVALUATOR])} entries; "
+                            "a job has at most one evaluator")
     if len(cluster.get("chief", [])) > 1:
         raise PipelineError(f"{source}: cluster.chief has {len(cluster['chief'])} entries; a "
                             "cluster has at most one chief")
@@ -87,6 +96,14 @@ def check_tf_config(tf_config, source="TF_CONFIG"):
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise PipelineError(f"{source}: task.index must be a non-negative integer, got {index!r}")
     if task_type == EVALUATOR:
+        if index != 0:
+            raise PipelineError(f"{source}: evaluator {index}: a job has one evaluator, of index 0 "
+                                "(TFJob: Evaluator replicas: 1)")
+        if not cluster.get("chief"):
+            raise PipelineError(f"{source}: an evaluator needs a chief in the cluster (cluster has "
+                                f"{', '.join(sorted(cluster))} only): name the first training "
+                                "task cluster.chief (TFJob: a Chief replica; --worker_hosts: its "
+                                "first host)")
         return
     if task_type not in TRAINING_JOBS:
         raise PipelineError(f"{source}: task.type {task_type!r} is not one of chief, worker, "
@@ -285,13 +302,17 @@ def lost_peers(tf_config, error_text=""):
             if address != _own_address(tf_config) and not _answers(address)]
 
 
-def exit_peer_lost(tf_config, error_text=""):
+def exit_peer_lost(tf_config, error_text="", timeout_secs=None):
     """Ends this process with PEER_LOST_EXIT_CODE and one line naming the lost peer.
 
     os._exit, because a collective strategy with a dead peer can hang in its teardown. Checkpoints
     are written to a temporary name and renamed, so no half-written one is left behind.
     """
-    peers = lost_peers(tf_config, error_text) or ["a peer that stopped answering collectives"]
+    peers = lost_peers(tf_config, error_text)
+    if not peers:
+        # A peer that hangs (or whose machine vanished) still holds its connections open.
+        peers = ["a peer that did not answer a collective" + (
+            f" within --peer_timeout_secs={timeout_secs:g}" if timeout_secs else "")]
     own = _task_name(tf_config, tf_config["task"]["type"], tf_config["task"].get("index", 0))
     sys.stdout.flush()
     for handler in logging.getLogger().handlers + tf.get_logger().handlers:
@@ -303,31 +324,40 @@ def exit_peer_lost(tf_config, error_text=""):
     os._exit(PEER_LOST_EXIT_CODE)  # pylint: disable=protected-access
 
 
-class _SessionRecreationWatch(logging.Handler):
-    """Ends the process where MonitoredSession would re-create its session after a peer's error."""
+class _SessionRecreationWatch(logging.Filter):
+    """Ends the process where MonitoredSession would re-create its session after a peer's error.
 
-    def __init__(self, tf_config):
-        super().__init__(logging.INFO)
+    A filter on TensorFlow's logger at INFO, so that it sees the (INFO) decision whatever the
+    verbosity; it passes on only the records the logger would have passed without it.
+    """
+
+    def __init__(self, tf_config, passed_level):
+        super().__init__()
         self._tf_config = tf_config
+        self._passed_level = passed_level
 
-    def emit(self, record):
+    def filter(self, record):
         message = record.getMessage()
         if _SESSION_RECREATED in message:
             exit_peer_lost(self._tf_config, message)
+        return record.levelno >= self._passed_level
 
 
 @contextlib.contextmanager
-def peer_loss_ends_task(tf_config):
+def peer_loss_ends_task(tf_config, timeout_secs):
     """Within it, losing another training task ends this one with PEER_LOST_EXIT_CODE: when
-    MonitoredSession would re-create its session, or when a collective fails or times out (see
-    CommunicationOptions in `collective_options`)."""
-    watch = _SessionRecreationWatch(tf_config)
+    MonitoredSession would re-create its session, or when a collective fails or times out (after
+    `timeout_secs`, the strategy's CommunicationOptions)."""
     logger = tf.get_logger()
-    logger.addHandler(watch)
+    level = logger.level
+    watch = _SessionRecreationWatch(tf_config, logger.getEffectiveLevel())
+    logger.addFilter(watch)
+    logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
     try:
         yield
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.AbortedError, tf.errors.CancelledError) as error:
-        exit_peer_lost(tf_config, error.message)
+        exit_peer_lost(tf_config, error.message, timeout_secs)
     finally:
-        logger.removeHandler(watch)
+        logger.removeFilter(watch)
+        logger.setLevel(level)

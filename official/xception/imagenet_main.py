@@ -637,7 +637,7 @@ def run(flags_obj, model_builder=None):
         elif placement.multi_worker:
             # The evaluator is no part of the training cluster: it outlives a lost training task.
             with (contextlib.nullcontext() if is_evaluator
-                  else cluster.peer_loss_ends_task(tf_config)):
+                  else cluster.peer_loss_ends_task(tf_config, flags_obj.peer_timeout_secs)):
                 tf.estimator.train_and_evaluate(
                     estimator,
                     tf.estimator.TrainSpec(train_input_fn_from(done_steps), max_steps=total_steps,
