@@ -1,6 +1,7 @@
 """The cluster of a multi-worker job: host lists and TF_CONFIG checked up front in one line, the
 TFJob layout from --worker_hosts, Slurm through TensorFlow's resolver, a bounded wait for peers that
-SIGTERM ends, every malformed role combination in one line, the evaluator's per-device batch, and --num_gpus=0 meaning the CPU everywhere."""
+SIGTERM ends, every malformed role combination in one line, the evaluator's per-device batch, and
+--num_gpus=0 meaning the CPU everywhere."""
 
 import json
 import os
@@ -303,6 +304,31 @@ def test_num_gpus_zero_means_the_cpu_on_a_machine_with_a_gpu(one_fake_gpu):
     all_gpus = imagenet_main.make_placement("mirrored", -1, 1, None, {})
     assert "GPU" not in imagenet_main.make_run_config(_flags(), all_gpus).session_config.device_count
     assert imagenet_main.make_model_config(_flags(), 8).data_format == "channels_first"
+
+
+def test_multi_worker_checkpoints_every_1000_steps_and_a_non_chief_keeps_one():
+    chief = imagenet_main.Placement(None, 2, 1, is_chief=True, multi_worker=True)
+    non_chief = imagenet_main.Placement(None, 2, 1, is_chief=False, multi_worker=True)
+    alone = imagenet_main.Placement(None, 1, 1, is_chief=True, multi_worker=False)
+    flag_values = _flags(model_dir="m", keep_checkpoint_max=4)
+    configs = [imagenet_main.make_run_config(flag_values, placement)
+               for placement in (chief, non_chief, alone)]
+    assert [config.keep_checkpoint_max for config in configs] == [4, 1, 4]
+    assert [config.save_checkpoints_steps for config in configs] == [1000, 1000, None]
+    assert configs[2].save_checkpoints_secs == 600
+    flag_values = _flags(model_dir="m", save_checkpoints_steps=7)
+    assert imagenet_main.make_run_config(flag_values, chief).save_checkpoints_steps == 7
+
+
+@pytest.mark.parametrize("flag", ["--stop_threshold=0.5", "--epochs_between_evals=2"])
+def test_single_machine_flags_are_refused_on_several_machines(tmp_path, flag):
+    name, value = flag[2:].split("=")
+    with pytest.raises(PipelineError, match=f"^--{name} apply to one machine; several machines "
+                                            "train to --train_epochs"):
+        imagenet_main.run(_flags(model_dir=tmp_path, use_synthetic_data=True, worker_hosts="a:1,b:2",
+                                 task_index=0, distribution_strategy="multi_worker_mirrored",
+                                 **{name: value}))
+    assert not any(tmp_path.iterdir())
 
 
 if __name__ == "__main__":

@@ -42,8 +42,6 @@ from official.xception import shard_check
 from official.xception import xception_flags
 from official.xception import xception_model
 
-# The checkpoint cadence of a multi-worker run without --save_checkpoints_steps.
-MULTI_WORKER_CHECKPOINT_STEPS = 1000
 _NON_FINITE_LOSS = re.compile(r"\[%s\] \[(\d+)\] \[loss\] \[([^\]]+)\]"
                               % re.escape(model_fn_lib.NON_FINITE_LOSS_TAG))
 
@@ -304,9 +302,7 @@ def make_run_config(flags_obj, placement):
     if flags_obj.save_checkpoints_steps:
         checkpoint_every = {"save_checkpoints_steps": flags_obj.save_checkpoints_steps}
     elif placement.multi_worker:
-        # Every training task saves at the same steps (saving runs collectives), so a clock that
-        # differs between machines cannot set the cadence.
-        checkpoint_every = {"save_checkpoints_steps": MULTI_WORKER_CHECKPOINT_STEPS}
+        checkpoint_every = {"save_checkpoints_steps": flags_core.MULTI_WORKER_CHECKPOINT_STEPS}
     else:
         checkpoint_every = {"save_checkpoints_secs": 600}
     return tf.estimator.RunConfig(
@@ -573,6 +569,14 @@ def run(flags_obj, model_builder=None):
     # The cluster first: a malformed host list is the error to report, whatever the data.
     tf_config = configure_cluster(flags_obj.worker_hosts, flags_obj.task_index, flags_obj.task_type,
                                   flags_obj.slurm_port if flags_obj.slurm_cluster else None)
+    if tf_config.get("cluster"):
+        single_machine_only = [f"--{name}" for name in ("stop_threshold", "epochs_between_evals")
+                               if flags_obj[name].present]
+        if single_machine_only:
+            raise PipelineError(
+                f"{' and '.join(single_machine_only)} apply to one machine; several machines train "
+                "to --train_epochs (or --max_train_steps) while the evaluator evaluates each new "
+                "checkpoint (--eval_throttle_secs): leave them out")
     info = apply_dataset_info(flags_obj)
     if not flags_obj.eval_only:
         run_safety.lock_model_dir(flags_obj.model_dir, run_safety.task_name(tf_config))
