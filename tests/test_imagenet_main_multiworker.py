@@ -98,9 +98,9 @@ def _evaluation_steps(eval_dir):
 
 
 def test_tfjob_chief_worker_and_evaluator(data_dir, tmp_path):
-    chief, worker = (f"127.0.0.1:{port}" for port in process_fixtures.free_ports(2))
-    # Exactly what TFJob puts in each pod: the evaluator is not part of the cluster.
-    cluster = {"chief": [chief], "worker": [worker]}
+    chief, worker, evaluator = (f"127.0.0.1:{port}" for port in process_fixtures.free_ports(3))
+    # Exactly what TFJob puts in each pod: every replica, the evaluator too, is in the cluster.
+    cluster = {"chief": [chief], "worker": [worker], "evaluator": [evaluator]}
     tasks = [{"type": "chief", "index": 0}, {"type": "worker", "index": 0},
              {"type": "evaluator", "index": 0}]
     model_dir = tmp_path / "model"
