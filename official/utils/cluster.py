@@ -272,10 +272,10 @@ PEER_LOST_EXIT_CODE = 75
 
 # TensorFlow's collective errors name the remote task as /job:<type>/replica:0/task:<index>.
 _REMOTE_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
-# MonitoredSession logs this when an Aborted or Unavailable error made it decide to close the session
-# and create a new one (restoring the last checkpoint). Under a collective strategy a new session
-# meets the same lost peer, so it would restore again and again, forever.
-_SESSION_RECREATED = "A new session will be created"
+# MonitoredSession logs this (after "A" or "a") when an Aborted or Unavailable error made it decide
+# to create a new session (restoring the last checkpoint), during a step or while creating one. Under
+# a collective strategy a new session meets the same lost peer, so it would restore again and again.
+_SESSION_RECREATED = " new session will be created"
 
 
 def _task_name(tf_config, task_type, index):

@@ -577,6 +577,12 @@ def run(flags_obj, model_builder=None):
                 f"{' and '.join(single_machine_only)} apply to one machine; several machines train "
                 "to --train_epochs (or --max_train_steps) while the evaluator evaluates each new "
                 "checkpoint (--eval_throttle_secs): leave them out")
+    if tf_config.get("cluster") and "://" not in flags_obj.model_dir:
+        # Every task writes its own file beside the checkpoints, on the storage all tasks share.
+        log_file = logging_setup.log_cluster_task_to_file(os.path.join(
+            flags_obj.model_dir, f"{run_safety.task_name(tf_config)}.log"))
+        if log_file:
+            print(f"this task's full log: {log_file}", file=sys.stderr, flush=True)
     info = apply_dataset_info(flags_obj)
     if not flags_obj.eval_only:
         run_safety.lock_model_dir(flags_obj.model_dir, run_safety.task_name(tf_config))
