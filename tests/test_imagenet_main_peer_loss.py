@@ -82,7 +82,7 @@ def _outputs(processes, timeout):
 
 
 def _restores(stderr):
-    return re.findall(r"Restoring parameters from \S+model\.ckpt-(\d+)", stderr)
+    return re.findall(r"Restoring parameters from (\S+)", stderr)
 
 
 def _stop_line(stderr):
@@ -112,9 +112,9 @@ def _relaunch_finishes(data_dir, model_dir, export_dir, resumed_from):
     results = _outputs(_start_cluster(data_dir, model_dir, export_dir), timeout=200)
     for code, stderr in results:
         assert code == 0, stderr[-3000:]
-    chief_restores = _restores(results[0][1])
-    # From the checkpoint left behind, not from step 0, and once.
-    assert chief_restores == [str(resumed_from)], results[0][1][-3000:]
+    # Both tasks, once, from the chief's checkpoint left behind (not from step 0).
+    for _, stderr in results:
+        assert _restores(stderr) == [str(model_dir / f"model.ckpt-{resumed_from}")], stderr[-3000:]
     assert imagenet_main.checkpoint_step(str(model_dir)) == STEPS
     (version,) = os.listdir(export_dir)
     return os.path.join(export_dir, version)

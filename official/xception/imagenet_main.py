@@ -309,7 +309,8 @@ def make_run_config(flags_obj, placement):
         model_dir=flags_obj.model_dir,
         tf_random_seed=flags_obj.seed,
         session_config=session_config,
-        # A non-chief's own checkpoints (model_dir/tmp_worker_N) only let it restart: one is enough.
+        # A non-chief saves into model_dir/tmp_worker_N only because saving runs collectives on
+        # every task; it restores the chief's checkpoints. One is the least it can keep (0 is all).
         keep_checkpoint_max=flags_obj.keep_checkpoint_max if placement.is_chief else 1,
         log_step_count_steps=flags_obj.log_steps,
         save_summary_steps=flags_obj.log_steps,
