@@ -5,6 +5,7 @@ SIGTERM ends, every malformed role combination in one line, the evaluator's per-
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -320,13 +321,33 @@ def test_multi_worker_checkpoints_every_1000_steps_and_a_non_chief_keeps_one():
     assert imagenet_main.make_run_config(flag_values, chief).save_checkpoints_steps == 7
 
 
+_POSITIVE_TIMEOUT = "--peer_timeout_secs must be a positive number of seconds"
+
+
+@pytest.mark.parametrize("flags_given, message", [
+    (dict(peer_timeout_secs="nan"), f"{_POSITIVE_TIMEOUT}, got nan"),
+    (dict(peer_timeout_secs="inf"), f"{_POSITIVE_TIMEOUT}, got inf"),
+    (dict(peer_timeout_secs="0"), f"{_POSITIVE_TIMEOUT}, got 0"),
+    (dict(batch_size=3), "--batch_size=3 is the global batch and must divide evenly by the 2 "
+                         "training tasks' replicas"),
+])
+def test_bad_cluster_numbers_are_one_line_errors_before_waiting_for_peers(tmp_path, flags_given,
+                                                                          message):
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        imagenet_main.run(_flags(model_dir=tmp_path, use_synthetic_data=True, num_gpus=0,
+                                 worker_hosts="127.0.0.1:1,127.0.0.1:2", task_index=0,
+                                 distribution_strategy="multi_worker_mirrored", **flags_given))
+    assert time.monotonic() - started < 10  # no peer (none exists) was waited for
+
+
 @pytest.mark.parametrize("flag", ["--stop_threshold=0.5", "--epochs_between_evals=2"])
 def test_single_machine_flags_are_refused_on_several_machines(tmp_path, flag):
     name, value = flag[2:].split("=")
     with pytest.raises(PipelineError, match=f"^--{name} apply to one machine; several machines "
                                             "train to --train_epochs"):
-        imagenet_main.run(_flags(model_dir=tmp_path, use_synthetic_data=True, worker_hosts="a:1,b:2",
-                                 task_index=0, distribution_strategy="multi_worker_mirrored",
+        imagenet_main.run(_flags(model_dir=tmp_path, use_synthetic_data=True,
+                                 worker_hosts="a:1,b:2", task_index=0, distribution_strategy="multi_worker_mirrored",
                                  **{name: value}))
     assert not any(tmp_path.iterdir())
 

@@ -1,7 +1,8 @@
-"""The failure model of a multi-worker job (docs/DESIGN.md §7.4): when one training task is lost (killed,
-or ended by a corrupt record), the other stops within --peer_timeout_secs with one line naming it and
-exit code 75, without restoring checkpoints in a loop; relaunching every task with the same command
-resumes from the last checkpoint, finishes, and exports a model that evaluates like the Estimator."""
+"""The failure model of a multi-worker job (docs/DESIGN.md §7.4): when one training task is lost
+(killed, or ended by a corrupt record), the other stops within --peer_timeout_secs with one line
+naming it and exit code 75, without restoring checkpoints in a loop; relaunching every task with the
+same command resumes from the last checkpoint, finishes, and exports a model that evaluates like the
+Estimator."""
 
 import glob
 import os
@@ -31,7 +32,7 @@ GLOBAL_BATCH = 4
 STEPS = 16
 CHECKPOINT_STEPS = 4
 PEER_TIMEOUT_SECS = 30
-# What the test allows from the loss of a peer to the survivor's exit: the bound, plus start-up slack.
+# What the test allows from the loss of a peer to the survivor's exit: the bound, plus slack.
 EXIT_BOUND_SECS = PEER_TIMEOUT_SECS + 10
 EVAL_EXAMPLES = 5
 

@@ -162,8 +162,10 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
         if not tf_config.get("cluster"):
             raise PipelineError("--distribution_strategy=multi_worker_mirrored needs TF_CONFIG or "
                                 "--worker_hosts and --task_index")
-        if peer_timeout_secs <= 0:
-            raise PipelineError(f"--peer_timeout_secs must be positive, got {peer_timeout_secs:g}")
+        # nan and inf would wait forever, at start-up and in every collective.
+        if not 0 < peer_timeout_secs < math.inf:
+            raise PipelineError(f"--peer_timeout_secs must be a positive number of seconds, got "
+                                f"{peer_timeout_secs:g}")
         if task_type == cluster.EVALUATOR:
             # The evaluator reads the chief's checkpoints on one device and trains nothing; its
             # batch is the training replicas'.
@@ -578,6 +580,12 @@ def run(flags_obj, model_builder=None):
                 f"{' and '.join(single_machine_only)} apply to one machine; several machines train "
                 "to --train_epochs (or --max_train_steps) while the evaluator evaluates each new "
                 "checkpoint (--eval_throttle_secs): leave them out")
+    training_tasks = cluster.training_task_count(tf_config)
+    if training_tasks > 1 and flags_obj.batch_size % training_tasks:
+        # Found now rather than once every task has waited for the others.
+        raise PipelineError(f"--batch_size={flags_obj.batch_size} is the global batch and must "
+                            f"divide evenly by the {training_tasks} training tasks' replicas: use a "
+                            f"multiple of {training_tasks} times each task's GPU count")
     if tf_config.get("cluster") and "://" not in flags_obj.model_dir:
         # Every task writes its own file beside the checkpoints, on the storage all tasks share.
         log_file = logging_setup.log_cluster_task_to_file(os.path.join(
