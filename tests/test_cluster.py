@@ -259,6 +259,26 @@ def test_main_waiting_for_a_missing_peer_stops_on_timeout_and_on_sigterm(tmp_pat
                 process.wait()
 
 
+def test_an_evaluator_whose_training_tasks_are_gone_stops_with_75(tmp_path):
+    chief, worker = process_fixtures.free_ports(2)  # nothing listens there
+    started = time.monotonic()
+    evaluator = _main_process(f"--model_dir={tmp_path}", "--peer_timeout_secs=3",
+                              f"--worker_hosts=127.0.0.1:{chief},127.0.0.1:{worker}",
+                              "--task_type=evaluator", "--train_examples=64", "--batch_size=4")
+    try:
+        _, stderr = evaluator.communicate(timeout=120)
+    finally:
+        if evaluator.poll() is None:
+            evaluator.kill()
+            evaluator.wait()
+    assert evaluator.returncode == cluster.PEER_LOST_EXIT_CODE, stderr[-3000:]
+    assert _error_lines(stderr) == [
+        f"error: evaluator 0 stops: lost chief 0 (127.0.0.1:{chief}), worker 0 (127.0.0.1:"
+        f"{worker}); relaunch all tasks with the same command to resume from the last checkpoint "
+        "(exit code 75)"]
+    assert time.monotonic() - started < 60
+
+
 def _flags(**values):
     flag_values = flags.FlagValues()
     xception_flags.define_all(flag_values)

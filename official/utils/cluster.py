@@ -287,10 +287,10 @@ def _task_name(tf_config, task_type, index):
 def lost_peers(tf_config, error_text=""):
     """The other training tasks that `error_text` names, else those no longer accepting
     connections, as "type index (host:port)"."""
-    own = tf_config["task"]
+    own = (tf_config["task"]["type"], tf_config["task"].get("index", 0))
     named = []
     for task_type, index in _REMOTE_TASK.findall(error_text):
-        if (task_type, int(index)) != (own["type"], own.get("index", 0)):
+        if (task_type, int(index)) != own:
             name = _task_name(tf_config, task_type, int(index))
             if name not in named:
                 named.append(name)
@@ -299,7 +299,7 @@ def lost_peers(tf_config, error_text=""):
     return [_task_name(tf_config, task_type, index)
             for task_type in TRAINING_JOBS
             for index, address in enumerate(tf_config["cluster"].get(task_type, []))
-            if address != _own_address(tf_config) and not _answers(address)]
+            if (task_type, index) != own and not _answers(address)]
 
 
 def exit_peer_lost(tf_config, error_text="", timeout_secs=None):
@@ -361,3 +361,24 @@ def peer_loss_ends_task(tf_config, timeout_secs):
     finally:
         logger.removeFilter(watch)
         logger.setLevel(level)
+
+
+def end_evaluator_when_training_is_lost(tf_config, timeout_secs, training_finished, poll_secs=1.0):
+    """Starts a daemon thread that ends this evaluator with PEER_LOST_EXIT_CODE once no training task
+    has accepted a connection for `timeout_secs` while `training_finished()` is False.
+
+    The evaluator takes part in no collective, so nothing else tells it that the training tasks are
+    gone; a relaunch within `timeout_secs` keeps it evaluating.
+    """
+    addresses = [address for job in TRAINING_JOBS for address in tf_config["cluster"].get(job, [])]
+
+    def watch():
+        last_answer = time.monotonic()
+        while True:
+            if any(_answers(address) for address in addresses):
+                last_answer = time.monotonic()
+            elif time.monotonic() - last_answer > timeout_secs and not training_finished():
+                exit_peer_lost(tf_config, timeout_secs=timeout_secs)
+            time.sleep(poll_secs)
+
+    threading.Thread(target=watch, name="training-task-watch", daemon=True).start()

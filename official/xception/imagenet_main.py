@@ -654,7 +654,11 @@ def run(flags_obj, model_builder=None):
             logging.info("--model_dir=%s is at global step %d, the last step is %d: nothing left to "
                          "train or evaluate", flags_obj.model_dir, done_steps, total_steps)
         elif placement.multi_worker:
-            # The evaluator is no part of the training cluster: it outlives a lost training task.
+            if is_evaluator:
+                # No part of the collectives: it outlives a lost training task until the timeout.
+                cluster.end_evaluator_when_training_is_lost(
+                    tf_config, flags_obj.peer_timeout_secs,
+                    lambda: checkpoint_step(flags_obj.model_dir) >= total_steps)
             with (contextlib.nullcontext() if is_evaluator
                   else cluster.peer_loss_ends_task(tf_config, flags_obj.peer_timeout_secs)):
                 tf.estimator.train_and_evaluate(
