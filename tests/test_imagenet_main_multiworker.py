@@ -24,10 +24,7 @@ GLOBAL_BATCH = 4
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("shards"))
-    # write_shards deals records out round-robin: record i goes to shard i % NUM_SHARDS.
-    record_fixtures.write_labelled_split(directory, "train", [i % NUM_SHARDS for i in range(32)],
-                                         NUM_SHARDS)
-    record_fixtures.write_labelled_split(directory, "validation", [0, 1, 2, 3, 0], 1)
+    record_fixtures.write_label_per_shard_splits(directory, NUM_SHARDS)
     return directory
 
 

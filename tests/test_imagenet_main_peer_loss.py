@@ -40,9 +40,7 @@ EVAL_EXAMPLES = 5
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("shards"))
-    record_fixtures.write_labelled_split(directory, "train", [i % NUM_SHARDS for i in range(32)],
-                                         NUM_SHARDS)
-    record_fixtures.write_labelled_split(directory, "validation", [0, 1, 2, 3, 0], 1)
+    record_fixtures.write_label_per_shard_splits(directory, NUM_SHARDS)
     return directory
 
 
