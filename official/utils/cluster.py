@@ -179,6 +179,14 @@ def tf_config_from_slurm(port):
     return {"cluster": cluster, "task": {"type": task_type, "index": task_id}}
 
 
+def check_timeout(peer_timeout_secs):
+    """Raises PipelineError unless --peer_timeout_secs is a positive number of seconds (nan and inf
+    would wait forever, at start-up and in every collective)."""
+    if not 0 < peer_timeout_secs < float("inf"):
+        raise PipelineError(f"--peer_timeout_secs must be a positive number of seconds, got "
+                            f"{peer_timeout_secs:g}")
+
+
 def training_task_count(tf_config):
     cluster = tf_config.get("cluster", {})
     return sum(len(cluster.get(job, [])) for job in TRAINING_JOBS)

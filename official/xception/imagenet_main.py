@@ -162,10 +162,7 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
         if not tf_config.get("cluster"):
             raise PipelineError("--distribution_strategy=multi_worker_mirrored needs TF_CONFIG or "
                                 "--worker_hosts and --task_index")
-        # nan and inf would wait forever, at start-up and in every collective.
-        if not 0 < peer_timeout_secs < math.inf:
-            raise PipelineError(f"--peer_timeout_secs must be a positive number of seconds, got "
-                                f"{peer_timeout_secs:g}")
+        cluster.check_timeout(peer_timeout_secs)
         if task_type == cluster.EVALUATOR:
             # The evaluator reads the chief's checkpoints on one device and trains nothing; its
             # batch is the training replicas'.
@@ -555,6 +552,23 @@ def checkpoint_step(model_dir):
     return int(tf.train.load_checkpoint(latest).get_tensor(tf.compat.v1.GraphKeys.GLOBAL_STEP))
 
 
+def check_cluster_flags(flags_obj, training_tasks):
+    """Raises PipelineError for flags that a job of `training_tasks` tasks cannot run with, before
+    any task waits for the others."""
+    single_machine_only = [f"--{name}" for name in ("stop_threshold", "epochs_between_evals")
+                           if flags_obj[name].present]
+    if single_machine_only:
+        raise PipelineError(
+            f"{' and '.join(single_machine_only)} apply to one machine; several machines train to "
+            "--train_epochs (or --max_train_steps) while the evaluator evaluates each new "
+            "checkpoint (--eval_throttle_secs): leave them out")
+    cluster.check_timeout(flags_obj.peer_timeout_secs)
+    if flags_obj.batch_size % training_tasks:
+        raise PipelineError(f"--batch_size={flags_obj.batch_size} is the global batch and must "
+                            f"divide evenly by the {training_tasks} training tasks' replicas: use a "
+                            f"multiple of {training_tasks} times each task's GPU count")
+
+
 def run(flags_obj, model_builder=None):
     """Trains and/or evaluates as the flags say; returns the last evaluation's results (or {})."""
     if not flags_obj.model_dir:
@@ -573,25 +587,13 @@ def run(flags_obj, model_builder=None):
     tf_config = configure_cluster(flags_obj.worker_hosts, flags_obj.task_index, flags_obj.task_type,
                                   flags_obj.slurm_port if flags_obj.slurm_cluster else None)
     if tf_config.get("cluster"):
-        single_machine_only = [f"--{name}" for name in ("stop_threshold", "epochs_between_evals")
-                               if flags_obj[name].present]
-        if single_machine_only:
-            raise PipelineError(
-                f"{' and '.join(single_machine_only)} apply to one machine; several machines train "
-                "to --train_epochs (or --max_train_steps) while the evaluator evaluates each new "
-                "checkpoint (--eval_throttle_secs): leave them out")
-    training_tasks = cluster.training_task_count(tf_config)
-    if training_tasks > 1 and flags_obj.batch_size % training_tasks:
-        # Found now rather than once every task has waited for the others.
-        raise PipelineError(f"--batch_size={flags_obj.batch_size} is the global batch and must "
-                            f"divide evenly by the {training_tasks} training tasks' replicas: use a "
-                            f"multiple of {training_tasks} times each task's GPU count")
-    if tf_config.get("cluster") and "://" not in flags_obj.model_dir:
-        # Every task writes its own file beside the checkpoints, on the storage all tasks share.
-        log_file = logging_setup.log_cluster_task_to_file(os.path.join(
-            flags_obj.model_dir, f"{run_safety.task_name(tf_config)}.log"))
-        if log_file:
-            print(f"this task's full log: {log_file}", file=sys.stderr, flush=True)
+        check_cluster_flags(flags_obj, cluster.training_task_count(tf_config))
+        if "://" not in flags_obj.model_dir:
+            # Every task writes its own file beside the checkpoints, on the storage all tasks share.
+            log_file = logging_setup.log_cluster_task_to_file(os.path.join(
+                flags_obj.model_dir, f"{run_safety.task_name(tf_config)}.log"))
+            if log_file:
+                print(f"this task's full log: {log_file}", file=sys.stderr, flush=True)
     info = apply_dataset_info(flags_obj)
     if not flags_obj.eval_only:
         run_safety.lock_model_dir(flags_obj.model_dir, run_safety.task_name(tf_config))
