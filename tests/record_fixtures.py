@@ -86,3 +86,11 @@ def write_labelled_split(directory, split, labels, num_shards, height=40, width=
                      filename="img_%05d.JPEG" % index)
         for index, label in enumerate(labels)]
     return write_shards(directory, split, examples, num_shards)
+
+
+def write_label_per_shard_splits(directory, num_shards):
+    """Training shards in which shard i holds only label i (32 records in all), and one validation
+    shard of 5 records: the labels a worker trains on say which files it read."""
+    # write_shards deals records out round-robin: record i goes to shard i % num_shards.
+    write_labelled_split(directory, "train", [i % num_shards for i in range(32)], num_shards)
+    write_labelled_split(directory, "validation", [i % num_shards for i in range(5)], 1)

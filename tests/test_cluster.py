@@ -1,9 +1,11 @@
 """The cluster of a multi-worker job: host lists and TF_CONFIG checked up front in one line, the
 TFJob layout from --worker_hosts, Slurm through TensorFlow's resolver, a bounded wait for peers that
-SIGTERM ends, the evaluator's per-device batch, and --num_gpus=0 meaning the CPU everywhere."""
+SIGTERM ends, every malformed role combination in one line, the evaluator's per-device batch, and
+--num_gpus=0 meaning the CPU everywhere."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -75,6 +77,64 @@ def test_malformed_tf_config_is_a_one_line_error(monkeypatch, tf_config, message
     with pytest.raises(PipelineError, match=message) as raised:
         imagenet_main.configure_cluster(None, None)
     assert "\n" not in str(raised.value)
+
+
+# Role combinations TensorFlow's RunConfig itself rejects (with a ValueError traceback).
+MALFORMED_ROLES = [
+    ({"worker": ["a:1", "b:2"]}, {"type": "evaluator", "index": 0},
+     r"an evaluator needs a chief in the cluster \(cluster has worker only\)"),
+]
+
+
+@pytest.mark.parametrize("cluster_jobs, task, message", MALFORMED_ROLES)
+def test_role_combinations_the_estimator_rejects_are_one_line_errors(monkeypatch, cluster_jobs,
+                                                                     task, message):
+    tf_config = json.dumps({"cluster": cluster_jobs, "task": task})
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    # The oracle: the Estimator's own RunConfig refuses this TF_CONFIG.
+    with pytest.raises(ValueError):
+        tf.estimator.RunConfig()
+    with pytest.raises(PipelineError, match=message) as raised:
+        imagenet_main.configure_cluster(None, None)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("cluster_jobs, task, message", [
+    # train_and_evaluate refuses it only once the evaluator has built its Estimator.
+    ({"chief": ["a:1"], "worker": ["b:2"]}, {"type": "evaluator", "index": 1},
+     "evaluator 1: a job has one evaluator, of index 0"),
+    ({"master": ["a:1"], "worker": ["b:2"]}, {"type": "worker", "index": 0},
+     "cluster.master: name it chief"),
+    ({"chief": ["a:1"], "ps": ["b:2"]}, {"type": "chief", "index": 0},
+     "cluster.ps: parameter servers are not supported"),
+    ({"chief": ["a:1"], "evaluator": ["c:3", "d:4"]}, {"type": "chief", "index": 0},
+     "cluster.evaluator has 2 entries; a job has at most one evaluator"),
+    ({"chief": ["a:1"], "trainer": ["b:2"]}, {"type": "chief", "index": 0},
+     "cluster.trainer: the jobs are chief, worker and evaluator"),
+])
+def test_other_roles_and_jobs_are_one_line_errors(monkeypatch, cluster_jobs, task, message):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster_jobs, "task": task}))
+    with pytest.raises(PipelineError, match=message) as raised:
+        imagenet_main.configure_cluster(None, None)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_malformed_tf_config_stops_the_command_before_anything_runs(tmp_path):
+    cluster_jobs, task, message = MALFORMED_ROLES[0]
+    model_dir = tmp_path / "model"
+    environment = dict(process_fixtures.environment(),
+                       TF_CONFIG=json.dumps({"cluster": cluster_jobs, "task": task}))
+    result = subprocess.run(
+        [sys.executable, "-m", "official.xception.imagenet_main", f"--model_dir={model_dir}",
+         "--use_synthetic_data", "--distribution_strategy=multi_worker_mirrored"],
+        cwd=process_fixtures.REPO, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "rror" in line
+              and "cuda" not in line.lower() and "factory" not in line]
+    assert len(errors) == 1 and errors[0].startswith("error: TF_CONFIG: "), result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing ran: no checkpoint, no lock, no summary (the flags' check may have made the folder).
+    assert not model_dir.exists() or not any(model_dir.iterdir())
 
 
 def test_a_cluster_is_given_one_way_only(monkeypatch):
@@ -199,6 +259,26 @@ def test_main_waiting_for_a_missing_peer_stops_on_timeout_and_on_sigterm(tmp_pat
                 process.wait()
 
 
+def test_an_evaluator_whose_training_tasks_are_gone_stops_with_75(tmp_path):
+    chief, worker = process_fixtures.free_ports(2)  # nothing listens there
+    started = time.monotonic()
+    evaluator = _main_process(f"--model_dir={tmp_path}", "--peer_timeout_secs=3",
+                              f"--worker_hosts=127.0.0.1:{chief},127.0.0.1:{worker}",
+                              "--task_type=evaluator", "--train_examples=64", "--batch_size=4")
+    try:
+        _, stderr = evaluator.communicate(timeout=120)
+    finally:
+        if evaluator.poll() is None:
+            evaluator.kill()
+            evaluator.wait()
+    assert evaluator.returncode == cluster.PEER_LOST_EXIT_CODE, stderr[-3000:]
+    assert _error_lines(stderr) == [
+        f"error: evaluator 0 stops: lost chief 0 (127.0.0.1:{chief}), worker 0 (127.0.0.1:"
+        f"{worker}); relaunch all tasks with the same command to resume from the last checkpoint "
+        "(exit code 75)"]
+    assert time.monotonic() - started < 60
+
+
 def _flags(**values):
     flag_values = flags.FlagValues()
     xception_flags.define_all(flag_values)
@@ -245,6 +325,51 @@ def test_num_gpus_zero_means_the_cpu_on_a_machine_with_a_gpu(one_fake_gpu):
     all_gpus = imagenet_main.make_placement("mirrored", -1, 1, None, {})
     assert "GPU" not in imagenet_main.make_run_config(_flags(), all_gpus).session_config.device_count
     assert imagenet_main.make_model_config(_flags(), 8).data_format == "channels_first"
+
+
+def test_multi_worker_checkpoints_every_1000_steps_and_a_non_chief_keeps_one():
+    chief = imagenet_main.Placement(None, 2, 1, is_chief=True, multi_worker=True)
+    non_chief = imagenet_main.Placement(None, 2, 1, is_chief=False, multi_worker=True)
+    alone = imagenet_main.Placement(None, 1, 1, is_chief=True, multi_worker=False)
+    flag_values = _flags(model_dir="m", keep_checkpoint_max=4)
+    configs = [imagenet_main.make_run_config(flag_values, placement)
+               for placement in (chief, non_chief, alone)]
+    assert [config.keep_checkpoint_max for config in configs] == [4, 1, 4]
+    assert [config.save_checkpoints_steps for config in configs] == [1000, 1000, None]
+    assert configs[2].save_checkpoints_secs == 600
+    flag_values = _flags(model_dir="m", save_checkpoints_steps=7)
+    assert imagenet_main.make_run_config(flag_values, chief).save_checkpoints_steps == 7
+
+
+_POSITIVE_TIMEOUT = "--peer_timeout_secs must be a positive number of seconds"
+
+
+@pytest.mark.parametrize("flags_given, message", [
+    (dict(peer_timeout_secs="nan"), f"{_POSITIVE_TIMEOUT}, got nan"),
+    (dict(peer_timeout_secs="inf"), f"{_POSITIVE_TIMEOUT}, got inf"),
+    (dict(peer_timeout_secs="0"), f"{_POSITIVE_TIMEOUT}, got 0"),
+    (dict(batch_size=3), "--batch_size=3 is the global batch and must divide evenly by the 2 "
+                         "training tasks' replicas"),
+])
+def test_bad_cluster_numbers_are_one_line_errors_before_waiting_for_peers(tmp_path, flags_given,
+                                                                          message):
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        imagenet_main.run(_flags(model_dir=tmp_path, use_synthetic_data=True, num_gpus=0,
+                                 worker_hosts="127.0.0.1:1,127.0.0.1:2", task_index=0,
+                                 distribution_strategy="multi_worker_mirrored", **flags_given))
+    assert time.monotonic() - started < 10  # no peer (none exists) was waited for
+
+
+@pytest.mark.parametrize("flag", ["--stop_threshold=0.5", "--epochs_between_evals=2"])
+def test_single_machine_flags_are_refused_on_several_machines(tmp_path, flag):
+    name, value = flag[2:].split("=")
+    with pytest.raises(PipelineError, match=f"^--{name} apply to one machine; several machines "
+                                            "train to --train_epochs"):
+        imagenet_main.run(_flags(model_dir=tmp_path, use_synthetic_data=True,
+                                 worker_hosts="a:1,b:2", task_index=0, distribution_strategy="multi_worker_mirrored",
+                                 **{name: value}))
+    assert not any(tmp_path.iterdir())
 
 
 if __name__ == "__main__":

@@ -24,10 +24,7 @@ GLOBAL_BATCH = 4
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("shards"))
-    # write_shards deals records out round-robin: record i goes to shard i % NUM_SHARDS.
-    record_fixtures.write_labelled_split(directory, "train", [i % NUM_SHARDS for i in range(32)],
-                                         NUM_SHARDS)
-    record_fixtures.write_labelled_split(directory, "validation", [0, 1, 2, 3, 0], 1)
+    record_fixtures.write_label_per_shard_splits(directory, NUM_SHARDS)
     return directory
 
 
@@ -98,9 +95,9 @@ def _evaluation_steps(eval_dir):
 
 
 def test_tfjob_chief_worker_and_evaluator(data_dir, tmp_path):
-    chief, worker = (f"127.0.0.1:{port}" for port in process_fixtures.free_ports(2))
-    # Exactly what TFJob puts in each pod: the evaluator is not part of the cluster.
-    cluster = {"chief": [chief], "worker": [worker]}
+    chief, worker, evaluator = (f"127.0.0.1:{port}" for port in process_fixtures.free_ports(3))
+    # Exactly what TFJob puts in each pod: every replica, the evaluator too, is in the cluster.
+    cluster = {"chief": [chief], "worker": [worker], "evaluator": [evaluator]}
     tasks = [{"type": "chief", "index": 0}, {"type": "worker", "index": 0},
              {"type": "evaluator", "index": 0}]
     model_dir = tmp_path / "model"

@@ -5,6 +5,8 @@ TensorFlow aborts the interpreter on some malformed addresses and waits forever 
 for peers that never answer; everything here turns those into one-line errors.
 """
 
+import contextlib
+import logging
 import os
 import re
 import shutil
@@ -57,6 +59,15 @@ def _check_training_cluster(cluster, source):
                 raise PipelineError(f"{where} {address!r} is also {seen[address]}: every task "
                                     "needs its own host:port")
             seen[address] = where
+    for job in cluster:
+        if job not in TRAINING_JOBS + (EVALUATOR,):
+            advice = {"master": "name it chief (TFJob: a Chief replica)",
+                      "ps": "parameter servers are not supported: train with chief and workers"}
+            raise PipelineError(f"{source}: cluster.{job}: "
+                                + advice.get(job, "the jobs are chief, worker and evaluator"))
+    if len(cluster.get(EVALUATOR, [])) > 1:
+        raise PipelineError(f"{source}: cluster.evaluator has {len(cluster[EVALUATOR])} entries; "
+                            "a job has at most one evaluator")
     if len(cluster.get("chief", [])) > 1:
         raise PipelineError(f"{source}: cluster.chief has {len(cluster['chief'])} entries; a "
                             "cluster has at most one chief")
@@ -85,6 +96,14 @@ def check_tf_config(tf_config, source="TF_CONFIG"):
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise PipelineError(f"{source}: task.index must be a non-negative integer, got {index!r}")
     if task_type == EVALUATOR:
+        if index != 0:
+            raise PipelineError(f"{source}: evaluator {index}: a job has one evaluator, of index 0 "
+                                "(TFJob: Evaluator replicas: 1)")
+        if not cluster.get("chief"):
+            raise PipelineError(f"{source}: an evaluator needs a chief in the cluster (cluster has "
+                                f"{', '.join(sorted(cluster))} only): name the first training "
+                                "task cluster.chief (TFJob: a Chief replica; --worker_hosts: its "
+                                "first host)")
         return
     if task_type not in TRAINING_JOBS:
         raise PipelineError(f"{source}: task.type {task_type!r} is not one of chief, worker, "
@@ -158,6 +177,14 @@ def tf_config_from_slurm(port):
         raise PipelineError(f"--slurm_cluster: {error}".replace("\n", " ")) from None
     task_type, task_id = resolver.get_task_info()
     return {"cluster": cluster, "task": {"type": task_type, "index": task_id}}
+
+
+def check_timeout(peer_timeout_secs):
+    """Raises PipelineError unless --peer_timeout_secs is a positive number of seconds (nan and inf
+    would wait forever, at start-up and in every collective)."""
+    if not 0 < peer_timeout_secs < float("inf"):
+        raise PipelineError(f"--peer_timeout_secs must be a positive number of seconds, got "
+                            f"{peer_timeout_secs:g}")
 
 
 def training_task_count(tf_config):
@@ -244,3 +271,122 @@ def join_cluster(make_strategy, tf_config, timeout_secs):
     if in_main_thread:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return strategy
+
+
+# The exit code of a task that stopped because another task of its job was lost (EX_TEMPFAIL):
+# relaunching every task with the same command resumes from the last checkpoint. Launchers retry on
+# it; any other non-zero code (bad input, a bad flag) is final.
+PEER_LOST_EXIT_CODE = 75
+
+# TensorFlow's collective errors name the remote task as /job:<type>/replica:0/task:<index>.
+_REMOTE_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+# MonitoredSession logs this (after "A" or "a") when an Aborted or Unavailable error made it decide
+# to create a new session (restoring the last checkpoint), during a step or while creating one. Under
+# a collective strategy a new session meets the same lost peer, so it would restore again and again.
+_SESSION_RECREATED = " new session will be created"
+
+
+def _task_name(tf_config, task_type, index):
+    addresses = tf_config.get("cluster", {}).get(task_type, [])
+    address = f" ({addresses[index]})" if index < len(addresses) else ""
+    return f"{task_type} {index}{address}"
+
+
+def lost_peers(tf_config, error_text=""):
+    """The other training tasks that `error_text` names, else those no longer accepting
+    connections, as "type index (host:port)"."""
+    own = (tf_config["task"]["type"], tf_config["task"].get("index", 0))
+    named = []
+    for task_type, index in _REMOTE_TASK.findall(error_text):
+        if (task_type, int(index)) != own:
+            name = _task_name(tf_config, task_type, int(index))
+            if name not in named:
+                named.append(name)
+    if named:
+        return named
+    return [_task_name(tf_config, task_type, index)
+            for task_type in TRAINING_JOBS
+            for index, address in enumerate(tf_config["cluster"].get(task_type, []))
+            if (task_type, index) != own and not _answers(address)]
+
+
+def exit_peer_lost(tf_config, error_text="", timeout_secs=None):
+    """Ends this process with PEER_LOST_EXIT_CODE and one line naming the lost peer.
+
+    os._exit, because a collective strategy with a dead peer can hang in its teardown. Checkpoints
+    are written to a temporary name and renamed, so no half-written one is left behind.
+    """
+    peers = lost_peers(tf_config, error_text)
+    if not peers:
+        # A peer that hangs (or whose machine vanished) still holds its connections open.
+        peers = ["a peer that did not answer a collective" + (
+            f" within --peer_timeout_secs={timeout_secs:g}" if timeout_secs else "")]
+    own = _task_name(tf_config, tf_config["task"]["type"], tf_config["task"].get("index", 0))
+    sys.stdout.flush()
+    for handler in logging.getLogger().handlers + tf.get_logger().handlers:
+        handler.flush()
+    sys.stderr.write(f"error: {own} stops: lost {', '.join(peers)}; relaunch all tasks with the "
+                     f"same command to resume from the last checkpoint (exit code "
+                     f"{PEER_LOST_EXIT_CODE})\n")
+    sys.stderr.flush()
+    os._exit(PEER_LOST_EXIT_CODE)  # pylint: disable=protected-access
+
+
+class _SessionRecreationWatch(logging.Filter):
+    """Ends the process where MonitoredSession would re-create its session after a peer's error.
+
+    A filter on TensorFlow's logger at INFO, so that it sees the (INFO) decision whatever the
+    verbosity; it passes on only the records the logger would have passed without it.
+    """
+
+    def __init__(self, tf_config, passed_level):
+        super().__init__()
+        self._tf_config = tf_config
+        self._passed_level = passed_level
+
+    def filter(self, record):
+        message = record.getMessage()
+        if _SESSION_RECREATED in message:
+            exit_peer_lost(self._tf_config, message)
+        return record.levelno >= self._passed_level
+
+
+@contextlib.contextmanager
+def peer_loss_ends_task(tf_config, timeout_secs):
+    """Within it, losing another training task ends this one with PEER_LOST_EXIT_CODE: when
+    MonitoredSession would re-create its session, or when a collective fails or times out (after
+    `timeout_secs`, the strategy's CommunicationOptions)."""
+    logger = tf.get_logger()
+    level = logger.level
+    watch = _SessionRecreationWatch(tf_config, logger.getEffectiveLevel())
+    logger.addFilter(watch)
+    logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.AbortedError, tf.errors.CancelledError) as error:
+        exit_peer_lost(tf_config, error.message, timeout_secs)
+    finally:
+        logger.removeFilter(watch)
+        logger.setLevel(level)
+
+
+def end_evaluator_when_training_is_lost(tf_config, timeout_secs, training_finished, poll_secs=1.0):
+    """Starts a daemon thread that ends this evaluator with PEER_LOST_EXIT_CODE once no training task
+    has accepted a connection for `timeout_secs` while `training_finished()` is False.
+
+    The evaluator takes part in no collective, so nothing else tells it that the training tasks are
+    gone; a relaunch within `timeout_secs` keeps it evaluating.
+    """
+    addresses = [address for job in TRAINING_JOBS for address in tf_config["cluster"].get(job, [])]
+
+    def watch():
+        last_answer = time.monotonic()
+        while True:
+            if any(_answers(address) for address in addresses):
+                last_answer = time.monotonic()
+            elif time.monotonic() - last_answer > timeout_secs and not training_finished():
+                exit_peer_lost(tf_config, timeout_secs=timeout_secs)
+            time.sleep(poll_secs)
+
+    threading.Thread(target=watch, name="training-task-watch", daemon=True).start()

@@ -14,6 +14,9 @@ from official.utils import hooks
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 DISTRIBUTION_STRATEGIES = ("off", "one_device", "mirrored", "multi_worker_mirrored")
 ALL_REDUCE_ALGORITHMS = ("nccl", "hierarchical_copy", "reduction_to_one_device", "ring", "auto")
+# The checkpoint cadence of a multi-worker run without --save_checkpoints_steps: its tasks save
+# together (saving runs collectives), so no task's clock can set it.
+MULTI_WORKER_CHECKPOINT_STEPS = 1000
 
 
 def define_base(flag_values=flags.FLAGS):
@@ -27,12 +30,13 @@ def define_base(flag_values=flags.FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_float("train_epochs", 100, "Epochs to train (of --train_examples images).",
                        flag_values=flag_values)
-    flags.DEFINE_float("epochs_between_evals", 1, "Epochs of training between evaluations.",
-                       flag_values=flag_values)
+    flags.DEFINE_float("epochs_between_evals", 1, "Epochs of training between evaluations (one "
+                       "machine; several machines refuse it: their evaluator evaluates each new "
+                       "checkpoint).", flag_values=flag_values)
     flags.DEFINE_integer("max_train_steps", None, "Stop after this global step even if "
                          "--train_epochs is not reached.", flag_values=flag_values)
     flags.DEFINE_float("stop_threshold", None, "Stop once evaluation top-1 accuracy (a fraction, "
-                       "e.g. 0.79) reaches this value.", flag_values=flag_values)
+                       "e.g. 0.79) reaches this value (one machine; several machines refuse it).", flag_values=flag_values)
     flags.DEFINE_boolean("eval_only", False, "Only evaluate the last checkpoint in --model_dir.",
                          flag_values=flag_values)
     flags.DEFINE_list("hooks", ["LoggingTensorHook"], "Training hooks, comma-separated, from: "
@@ -41,9 +45,11 @@ def define_base(flag_values=flags.FLAGS):
     flags.DEFINE_integer("log_steps", 100, "Steps between progress lines, examples/sec summaries "
                          "and profiles.", flag_values=flag_values)
     flags.DEFINE_integer("save_checkpoints_steps", None, "Save a checkpoint every this many steps "
-                         "(default: every 10 minutes, and always at the end of each training cycle).",
+                         "(default: every 10 minutes, and always at the end of each training cycle; on several "
+                         f"machines, which save together, every {MULTI_WORKER_CHECKPOINT_STEPS} steps).",
                          flag_values=flag_values)
-    flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept in --model_dir.",
+    flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept in --model_dir (a "
+                         "multi-worker non-chief keeps one in --model_dir/tmp_worker_N).",
                          flag_values=flag_values)
     flags.DEFINE_integer("seed", None, "Seed for the initial weights, dropout and the order of "
                          "training records (random crops and flips stay unseeded).",
@@ -100,7 +106,10 @@ def define_distribution(flag_values=flags.FLAGS):
                          "(the next tasks of the node take the following ports).",
                          flag_values=flag_values)
     flags.DEFINE_float("peer_timeout_secs", 600, "Multi-worker: give up with an error when the other "
-                       "training tasks have not all joined within this many seconds.",
+                       "training tasks have not all joined within this many seconds, and stop "
+                       "(exit code 75: relaunch all tasks) when a collective waits this long for a "
+                       "peer during training. A lost peer whose connections close ends the others "
+                       "at once.",
                        flag_values=flag_values)
     flags.DEFINE_float("eval_throttle_secs", 600, "Evaluator: seconds at least between the starts of "
                        "two evaluations (each evaluates the newest checkpoint).",

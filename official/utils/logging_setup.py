@@ -7,7 +7,9 @@ dozens of times a run, notices a user cannot act on that bury the lines that mat
 """
 
 import logging
+import os
 
+from absl import logging as absl_logging
 import tensorflow as tf
 
 
@@ -28,3 +30,45 @@ def log_through_absl_only():
         logger.removeHandler(handler)
     if _WITHOUT_DEPRECATION_NOTICES not in logger.filters:
         logger.addFilter(_WITHOUT_DEPRECATION_NOTICES)
+
+
+# TensorFlow modules whose INFO lines, under a multi-worker strategy, replay its set-up: the
+# RunConfig and session configs (once per copy of the strategy), the devices, the collective counts,
+# the hooks and the session creation.
+_CLUSTER_SETUP_MODULES = frozenset({
+    "api", "collective_all_reduce_strategy", "cross_device_ops", "distribute_coordinator",
+    "estimator_training", "mirrored_strategy", "monitored_session", "run_config", "session_manager",
+})
+
+
+class _RunStoryOnly(logging.Filter):
+    """Passes warnings and errors, and the INFO lines that tell the run's story (progress,
+    checkpoints, evaluations, exports), not the cluster set-up nor multi-line configuration dumps."""
+
+    def filter(self, record):
+        if record.levelno > logging.WARNING:
+            return True
+        if record.module in _CLUSTER_SETUP_MODULES:
+            # Their warnings too: e.g. that evaluation runs without a strategy, as it must here.
+            return False
+        return record.levelno > logging.INFO or "\n" not in record.getMessage()
+
+
+def log_cluster_task_to_file(path):
+    """Writes every log line to `path` and leaves on the console (absl's stderr handler) only the
+    run's story: a cluster task's console then reads like a single machine's.
+
+    Returns the file's path, or None where it cannot be opened (the console then keeps everything).
+    """
+    try:
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        file_handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return None
+    console = absl_logging.get_absl_handler()
+    file_handler.setFormatter(console.formatter or absl_logging.PythonFormatter())
+    logging.getLogger().addHandler(file_handler)
+    console.addFilter(_RunStoryOnly())
+    return path

@@ -144,7 +144,9 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
     # An evaluator's --num_gpus is each training task's, which sets its batch; it uses one device.
     if num_gpus > visible_gpus and task_type != cluster.EVALUATOR:
         raise PipelineError(f"--num_gpus={num_gpus} but this machine has {visible_gpus} visible GPUs")
-    _use_first_gpus(min(num_gpus, visible_gpus))
+    # The evaluator evaluates on one device: it must not take memory on the others, which training
+    # tasks on the same machine use.
+    _use_first_gpus(min(1 if task_type == cluster.EVALUATOR else num_gpus, visible_gpus))
     if num_cpu_replicas < 1:
         raise PipelineError(f"--num_cpu_replicas must be at least 1, got {num_cpu_replicas}")
     if num_gpus and num_cpu_replicas > 1:
@@ -160,8 +162,7 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
         if not tf_config.get("cluster"):
             raise PipelineError("--distribution_strategy=multi_worker_mirrored needs TF_CONFIG or "
                                 "--worker_hosts and --task_index")
-        if peer_timeout_secs <= 0:
-            raise PipelineError(f"--peer_timeout_secs must be positive, got {peer_timeout_secs:g}")
+        cluster.check_timeout(peer_timeout_secs)
         if task_type == cluster.EVALUATOR:
             # The evaluator reads the chief's checkpoints on one device and trains nothing; its
             # batch is the training replicas'.
@@ -176,9 +177,13 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
         if all_reduce_alg not in implementation:
             raise PipelineError(f"--all_reduce_alg={all_reduce_alg} is for mirrored; "
                                 "multi_worker_mirrored takes ring, nccl or auto")
+        # A collective that waits longer than this for a peer fails instead of hanging (a peer
+        # whose machine vanished closes no connection); see cluster.peer_loss_ends_task.
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=implementation[all_reduce_alg], timeout_seconds=peer_timeout_secs)
         strategy = cluster.join_cluster(
-            functools.partial(tf.distribute.experimental.MultiWorkerMirroredStrategy,
-                              communication=implementation[all_reduce_alg]),
+            functools.partial(tf.distribute.MultiWorkerMirroredStrategy,
+                              communication_options=options),
             tf_config, peer_timeout_secs)
         return Placement(strategy, strategy.num_replicas_in_sync, 1, is_chief, True, num_gpus)
 
@@ -293,13 +298,19 @@ def make_run_config(flags_obj, placement):
             logging.warning("--enable_xla on CPU: expect it to be several times slower")
         session_config.graph_options.optimizer_options.global_jit_level = (
             tf.compat.v1.OptimizerOptions.ON_1)
-    checkpoint_every = ({"save_checkpoints_steps": flags_obj.save_checkpoints_steps}
-                        if flags_obj.save_checkpoints_steps else {"save_checkpoints_secs": 600})
+    if flags_obj.save_checkpoints_steps:
+        checkpoint_every = {"save_checkpoints_steps": flags_obj.save_checkpoints_steps}
+    elif placement.multi_worker:
+        checkpoint_every = {"save_checkpoints_steps": flags_core.MULTI_WORKER_CHECKPOINT_STEPS}
+    else:
+        checkpoint_every = {"save_checkpoints_secs": 600}
     return tf.estimator.RunConfig(
         model_dir=flags_obj.model_dir,
         tf_random_seed=flags_obj.seed,
         session_config=session_config,
-        keep_checkpoint_max=flags_obj.keep_checkpoint_max,
+        # A non-chief saves into model_dir/tmp_worker_N only because saving runs collectives on
+        # every task; it restores the chief's checkpoints. One is the least it can keep (0 is all).
+        keep_checkpoint_max=flags_obj.keep_checkpoint_max if placement.is_chief else 1,
         log_step_count_steps=flags_obj.log_steps,
         save_summary_steps=flags_obj.log_steps,
         train_distribute=placement.strategy,
@@ -541,6 +552,23 @@ def checkpoint_step(model_dir):
     return int(tf.train.load_checkpoint(latest).get_tensor(tf.compat.v1.GraphKeys.GLOBAL_STEP))
 
 
+def check_cluster_flags(flags_obj, training_tasks):
+    """Raises PipelineError for flags that a job of `training_tasks` tasks cannot run with, before
+    any task waits for the others."""
+    single_machine_only = [f"--{name}" for name in ("stop_threshold", "epochs_between_evals")
+                           if flags_obj[name].present]
+    if single_machine_only:
+        raise PipelineError(
+            f"{' and '.join(single_machine_only)} apply to one machine; several machines train to "
+            "--train_epochs (or --max_train_steps) while the evaluator evaluates each new "
+            "checkpoint (--eval_throttle_secs): leave them out")
+    cluster.check_timeout(flags_obj.peer_timeout_secs)
+    if flags_obj.batch_size % training_tasks:
+        raise PipelineError(f"--batch_size={flags_obj.batch_size} is the global batch and must "
+                            f"divide evenly by the {training_tasks} training tasks' replicas: use a "
+                            f"multiple of {training_tasks} times each task's GPU count")
+
+
 def run(flags_obj, model_builder=None):
     """Trains and/or evaluates as the flags say; returns the last evaluation's results (or {})."""
     if not flags_obj.model_dir:
@@ -558,6 +586,14 @@ def run(flags_obj, model_builder=None):
     # The cluster first: a malformed host list is the error to report, whatever the data.
     tf_config = configure_cluster(flags_obj.worker_hosts, flags_obj.task_index, flags_obj.task_type,
                                   flags_obj.slurm_port if flags_obj.slurm_cluster else None)
+    if tf_config.get("cluster"):
+        check_cluster_flags(flags_obj, cluster.training_task_count(tf_config))
+        if "://" not in flags_obj.model_dir:
+            # Every task writes its own file beside the checkpoints, on the storage all tasks share.
+            log_file = logging_setup.log_cluster_task_to_file(os.path.join(
+                flags_obj.model_dir, f"{run_safety.task_name(tf_config)}.log"))
+            if log_file:
+                print(f"this task's full log: {log_file}", file=sys.stderr, flush=True)
     info = apply_dataset_info(flags_obj)
     if not flags_obj.eval_only:
         run_safety.lock_model_dir(flags_obj.model_dir, run_safety.task_name(tf_config))
@@ -620,12 +656,19 @@ def run(flags_obj, model_builder=None):
             logging.info("--model_dir=%s is at global step %d, the last step is %d: nothing left to "
                          "train or evaluate", flags_obj.model_dir, done_steps, total_steps)
         elif placement.multi_worker:
-            tf.estimator.train_and_evaluate(
-                estimator,
-                tf.estimator.TrainSpec(train_input_fn_from(done_steps), max_steps=total_steps,
-                                       hooks=train_hooks),
-                tf.estimator.EvalSpec(eval_input_fn, steps=eval_steps, start_delay_secs=0,
-                                      throttle_secs=flags_obj.eval_throttle_secs))
+            if is_evaluator:
+                # No part of the collectives: it outlives a lost training task until the timeout.
+                cluster.end_evaluator_when_training_is_lost(
+                    tf_config, flags_obj.peer_timeout_secs,
+                    lambda: checkpoint_step(flags_obj.model_dir) >= total_steps)
+            with (contextlib.nullcontext() if is_evaluator
+                  else cluster.peer_loss_ends_task(tf_config, flags_obj.peer_timeout_secs)):
+                tf.estimator.train_and_evaluate(
+                    estimator,
+                    tf.estimator.TrainSpec(train_input_fn_from(done_steps), max_steps=total_steps,
+                                           hooks=train_hooks),
+                    tf.estimator.EvalSpec(eval_input_fn, steps=eval_steps, start_delay_secs=0,
+                                          throttle_secs=flags_obj.eval_throttle_secs))
         else:
             cycle_ends = [end for end in training_cycle_ends(total_steps, steps_per_epoch,
                                                              flags_obj.epochs_between_evals)
