@@ -53,6 +53,14 @@ count_gpus() {
     fi
 }
 
+# Writes report.md and report.png (curves, evaluations, provenance) into model directory $1 and
+# prints their paths; a run without summaries yet gets a warning, not a failure.
+write_report() {
+    step "Report of the run in $1"
+    python -m official.xception.report --model_dir="$1" \
+        || echo "warning: no report written for $1 (see the message above)" >&2
+}
+
 # Builds shards in $DATA_DIR from $RAW_DIR, choosing folders or the original archives.
 build_shards_from_raw() {
     local raw="$1" out="$2" args=()
@@ -134,6 +142,7 @@ run_demo() {
     image="${images[0]}"
     step "Classifying $image through serving_default"
     python -m official.xception.classify_image --saved_model_dir="$export" "$image"
+    write_report "$model"
 
     cat <<EOF
 
@@ -144,6 +153,7 @@ Demo finished.
   training log:     $model.log
   SavedModel:       $export
   SavedModel evaluation: $figures (chance is 0.2)
+  report:           $model/report.md (curves: $model/report.png)
 EOF
 }
 
@@ -213,6 +223,12 @@ run_real() {
         step "Evaluating the SavedModel $export"
         python -m official.xception.evaluate_saved_model --saved_model_dir="$export" \
             --data_dir="$DATA_DIR" 2>&1 | tee -a "$log"
+    fi
+    # The chief (which exported) and the evaluator (which evaluates last) write the report; in a
+    # cluster both rewrite the same files atomically, and `python -m official.xception.report`
+    # rewrites them at any time.
+    if [[ -n "$export" || "$role" == evaluator* ]]; then
+        write_report "$MODEL_DIR" 2>&1 | tee -a "$log"
     fi
 }
 
