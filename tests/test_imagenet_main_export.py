@@ -5,6 +5,7 @@ run's report tables the evaluations of its event files."""
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import sys
 from absl import flags
 import numpy as np
 import pytest
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 import tensorflow as tf
 
 from official.utils import dataset_info
@@ -187,7 +190,8 @@ def resumed_run(demo_shards, tmp_path_factory):
     return model_dir, sorted(export_dir.iterdir(), key=lambda path: int(path.name))
 
 
-def test_every_start_is_recorded_and_each_export_carries_the_record(demo_shards, resumed_run):
+def test_every_start_is_recorded_and_each_export_carries_the_record(demo_shards, resumed_run,
+                                                                   tmp_path):
     model_dir, (first_export, second_export) = resumed_run
     records = provenance.read_records(str(model_dir / provenance.RECORD_NAME))
     assert [(r["event"], r["start_step"]) for r in records] == [("start", 0), ("resume", 3)]
@@ -212,6 +216,14 @@ def test_every_start_is_recorded_and_each_export_carries_the_record(demo_shards,
     assert "export of the Polyak averages of the weights at global step 6" in evaluated["provenance"][0]
     assert "resume at " in evaluated["provenance"][1]
     assert evaluated["provenance"][-1] == "  (1 earlier record in assets.extra/provenance.jsonl)"
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(record_fixtures.encode_image(
+        record_fixtures.random_photo(np.random.default_rng(0), 40, 50)))
+    shown = subprocess.run([sys.executable, "-m", "official.xception.classify_image",
+                            f"--saved_model_dir={second_export}", "--verbose", image],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.splitlines()[:len(evaluated["provenance"])] == evaluated["provenance"]
 
 
 def _eval_events(eval_dir):
@@ -225,11 +237,33 @@ def _eval_events(eval_dir):
     return by_step
 
 
+def _overlay_charts(model_dir):
+    """[[tag patterns] per chart] of the Custom Scalars layouts in the training directory."""
+    charts = []
+    for path in tf.io.gfile.glob(os.path.join(model_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == custom_scalar_metadata.CONFIG_SUMMARY_TAG:
+                    layout = layout_pb2.Layout.FromString(tf.make_ndarray(value.tensor).item())
+                    charts += [list(chart.multiline.tag) for category in layout.category
+                               for chart in category.chart]
+    return charts
+
+
 def test_the_report_tables_every_evaluation_and_draws_the_curves(resumed_run):
     model_dir, _ = resumed_run
     report_path, picture_path = report.write_report(str(model_dir))
     events = _eval_events(str(model_dir / "eval"))
     assert sorted(events) == [3, 6]
+    # TensorBoard overlays each metric of the averages with the raw weights' (one layout per start).
+    charts = _overlay_charts(str(model_dir))
+    assert len(charts) == 6
+    for key in (model_fn_lib.TOP_1_KEY, model_fn_lib.TOP_5_KEY,
+                model_fn_lib.EVAL_CROSS_ENTROPY_KEY):
+        tags = {key, model_fn_lib.RAW_WEIGHTS_PREFIX + key}
+        assert tags <= set(events[6])
+        assert any({tag for tag in events[6] if any(re.search(p, tag) for p in patterns)} == tags
+                   for patterns in charts)
     rows = report_tables.evaluation_rows(open(report_path).read())
     raw = model_fn_lib.RAW_WEIGHTS_PREFIX
     assert [row["global step"] for row in rows] == ["3", "6"]

@@ -44,8 +44,12 @@ def git_state(source_root=_SOURCE_ROOT):
         return {"commit": None, "reason": "git is not installed"}
     except subprocess.TimeoutExpired:
         return {"commit": None, "reason": "git did not answer"}
-    except subprocess.CalledProcessError:
-        return {"commit": None, "reason": f"{source_root} is not a git checkout"}
+    except subprocess.CalledProcessError as error:
+        if "not a git repository" in error.stderr:
+            return {"commit": None, "reason": f"{source_root} is not a git checkout"}
+        # E.g. a checkout owned by another user ("dubious ownership").
+        message = (error.stderr.strip().splitlines() or ["no message"])[0]
+        return {"commit": None, "reason": f"git failed in {source_root}: {message}"}
     return {"commit": commit, "dirty": dirty}
 
 

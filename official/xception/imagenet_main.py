@@ -32,6 +32,7 @@ from official.utils import flags_core
 from official.utils import hooks as hooks_lib
 from official.utils import logging_setup
 from official.utils import run_safety
+from official.utils import tensorboard_layout
 from official.utils.errors import PipelineError
 from official.xception import export
 from official.xception import input_pipeline
@@ -601,6 +602,10 @@ def run(flags_obj, model_builder=None):
         run_record.write_training_record(flags_obj.model_dir, flags_obj, tf_config,
                                          placement.num_replicas,
                                          checkpoint_step(flags_obj.model_dir))
+        if model_config.moving_average_decay and model_config.evaluate_raw_weights:
+            tensorboard_layout.write_overlay_layout(
+                flags_obj.model_dir, "raw and averaged weights",
+                model_fn_lib.raw_and_averaged_charts())
 
     with explained_run_errors(flags_obj.model_dir, flags_obj.data_dir):
         if flags_obj.eval_only:

@@ -16,6 +16,7 @@ Pitfalls this module is built around (see docs/DESIGN.md §8):
 
 import dataclasses
 import math
+import re
 from typing import Optional, Tuple, Union
 
 from absl import logging
@@ -506,6 +507,13 @@ def _accuracy_metrics(logits, labels, num_classes, prefix=""):
         prefix + EVAL_CROSS_ENTROPY_KEY: tf.compat.v1.metrics.mean(
             cross_entropy_per_example(logits, labels, num_classes)),
     }
+
+
+def raw_and_averaged_charts():
+    """{chart title: tag patterns}: each evaluation metric of the averages overlaid with the raw
+    weights' (TensorBoard's Custom Scalars dashboard)."""
+    return {key: [f"^{re.escape(prefix + key)}$" for prefix in ("", RAW_WEIGHTS_PREFIX)]
+            for key in (TOP_1_KEY, TOP_5_KEY, EVAL_CROSS_ENTROPY_KEY)}
 
 
 def describe_evaluation(results):

@@ -260,8 +260,10 @@ def markdown(history, model_dir, picture_name):
               f"{100 * PAPER_TOP_1:.1f} %, top-5 {100 * PAPER_TOP_5:.1f} %; Keras's published weights "
               f"reach {PAPER_TOP_1:.3f} / {PAPER_TOP_5:.3f}.", "", "## Provenance", ""]
     if history.records:
-        lines.append(f"{len(history.records)} records in {run_record.record_path(model_dir)} "
-                     "(one per start, resume or conversion), oldest first:")
+        count = len(history.records)
+        lines.append(f"{count} record{'s' if count != 1 else ''} in "
+                     f"{run_record.record_path(model_dir)} (one per start, resume or conversion), "
+                     "oldest first:")
         lines.append("")
         for record in history.records:
             described = run_record.describe(record)
@@ -304,8 +306,8 @@ def define_flags():
 def main(argv):
     del argv
     logging_setup.log_through_absl_only()
-    # TensorBoard's reader logs every file it polls.
-    std_logging.getLogger("tensorboard").setLevel(std_logging.WARNING)
+    # TensorBoard's reader logs every file it polls, and warns of the graphs every run writes.
+    std_logging.getLogger("tensorboard").setLevel(std_logging.ERROR)
     try:
         report, picture = write_report(flags.FLAGS.model_dir, flags.FLAGS.output_dir)
     except PipelineError as error:

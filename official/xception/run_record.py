@@ -106,7 +106,9 @@ def describe(record):
         replicas = run_cluster.get("replicas")
         flags_given = record.get("flags_given", [])
         lines.append(
-            f"  from global step {record['start_step']}, seed {record.get('seed')}, {replicas} "
+            f"  from global step {record['start_step']}, "
+            + (f"seed {record['seed']}" if record.get("seed") is not None else "no seed")
+            + f", {replicas} "
             f"replica{'s' if replicas != 1 else ''} "
             + ("over " + ", ".join(f"{count} {task_type}" for task_type, count in tasks.items())
                if tasks else "in one process")
