@@ -276,6 +276,8 @@ def test_the_report_tables_every_evaluation_and_draws_the_curves(resumed_run):
             100 * expected[raw + model_fn_lib.TOP_5_KEY], abs=0.005)
         assert float(row["cross-entropy"]) == pytest.approx(
             expected[model_fn_lib.EVAL_CROSS_ENTROPY_KEY], abs=5e-5)
+        assert float(row["raw cross-entropy"]) == pytest.approx(
+            expected[raw + model_fn_lib.EVAL_CROSS_ENTROPY_KEY], abs=5e-5)
         assert int(row["examples"]) == 9
     text = open(report_path).read()
     assert "79.0 %" in text and "resume at " in text and "2 records in" in text

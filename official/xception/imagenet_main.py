@@ -543,6 +543,16 @@ def checkpoint_step(model_dir):
     return int(tf.train.load_checkpoint(latest).get_tensor(tf.compat.v1.GraphKeys.GLOBAL_STEP))
 
 
+def _record_start(flags_obj, model_config, tf_config, num_replicas):
+    """Appends this start's provenance record, and the TensorBoard layout that overlays the raw and
+    averaged weights' evaluations (docs/DESIGN.md §11, §7.4)."""
+    run_record.write_training_record(flags_obj.model_dir, flags_obj, tf_config, num_replicas,
+                                     checkpoint_step(flags_obj.model_dir))
+    if model_config.moving_average_decay and model_config.evaluate_raw_weights:
+        tensorboard_layout.write_overlay_layout(flags_obj.model_dir, "raw and averaged weights",
+                                                model_fn_lib.raw_and_averaged_charts())
+
+
 def run(flags_obj, model_builder=None):
     """Trains and/or evaluates as the flags say; returns the last evaluation's results (or {})."""
     if not flags_obj.model_dir:
@@ -598,16 +608,10 @@ def run(flags_obj, model_builder=None):
         # Beside the checkpoints, so that a later --export_only names the classes right.
         dataset_info.write_class_names(
             flags_obj.model_dir, info.class_names(flags_obj.label_offset, flags_obj.num_classes))
-    if placement.is_chief and not flags_obj.eval_only:
-        run_record.write_training_record(flags_obj.model_dir, flags_obj, tf_config,
-                                         placement.num_replicas,
-                                         checkpoint_step(flags_obj.model_dir))
-        if model_config.moving_average_decay and model_config.evaluate_raw_weights:
-            tensorboard_layout.write_overlay_layout(
-                flags_obj.model_dir, "raw and averaged weights",
-                model_fn_lib.raw_and_averaged_charts())
 
     with explained_run_errors(flags_obj.model_dir, flags_obj.data_dir):
+        if placement.is_chief and not flags_obj.eval_only:
+            _record_start(flags_obj, model_config, tf_config, placement.num_replicas)
         if flags_obj.eval_only:
             if tf.train.latest_checkpoint(flags_obj.model_dir) is None:
                 raise PipelineError(f"--eval_only: --model_dir={flags_obj.model_dir} holds no "

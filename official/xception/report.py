@@ -189,6 +189,8 @@ def draw(history, path, title):
                                    if "raw_cross_entropy" in row],
                 color="tab:purple", marker="o", linestyle="--", alpha=0.6,
                 label="validation, raw weights")
+    # Logarithmic: raw weights early in a run can be off by orders of magnitude.
+    entropy.set_yscale("log")
     entropy.set_title("cross-entropy")
 
     _plot_curve(rate, history, history.training.get("learning_rate", []), color="tab:orange")
@@ -204,7 +206,7 @@ def draw(history, path, title):
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=8)
-    figure.tight_layout(rect=(0, 0, 1, 0.96))
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
     _write_atomically(path, lambda temporary: figure.savefig(temporary, format="png"))
 
 
@@ -220,6 +222,10 @@ def _write_atomically(path, write):
 
 def _percent(row, column):
     return f"{100 * row[column]:.2f}" if column in row else "–"
+
+
+def _figure(row, column):
+    return f"{row[column]:.4f}" if column in row else "–"
 
 
 def markdown(history, model_dir, picture_name):
@@ -240,7 +246,7 @@ def markdown(history, model_dir, picture_name):
         with_raw = any("raw_top_1" in row for row in history.evaluations)
         header = ["global step", "epoch", "top-1 %", "top-5 %"]
         header += ["raw top-1 %", "raw top-5 %"] if with_raw else []
-        header += ["cross-entropy", "examples"]
+        header += ["cross-entropy"] + (["raw cross-entropy"] if with_raw else []) + ["examples"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
         for row in history.evaluations:
             cells = [str(row["step"]),
@@ -248,8 +254,10 @@ def markdown(history, model_dir, picture_name):
                      else "–", _percent(row, "top_1"), _percent(row, "top_5")]
             if with_raw:
                 cells += [_percent(row, "raw_top_1"), _percent(row, "raw_top_5")]
-            cells += [f"{row['cross_entropy']:.4f}" if "cross_entropy" in row else "–",
-                      str(int(row["examples"])) if "examples" in row else "–"]
+            cells += [_figure(row, "cross_entropy")]
+            if with_raw:
+                cells += [_figure(row, "raw_cross_entropy")]
+            cells += [str(int(row["examples"])) if "examples" in row else "–"]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "Top-1 and top-5 are of the Polyak averages of the weights (what the export "
                   "holds) where the checkpoint has them; \"raw\" columns are the raw weights, "
@@ -282,9 +290,9 @@ def write_report(model_dir, output_dir=None):
     os.makedirs(output_dir, exist_ok=True)
     picture = os.path.join(output_dir, PICTURE_NAME)
     report = os.path.join(output_dir, REPORT_NAME)
-    title = os.path.basename(os.path.normpath(model_dir))
+    title = model_dir
     if history.records:
-        title += ": " + provenance.describe_environment(history.records[-1])
+        title += "\n" + provenance.describe_environment(history.records[-1])
     draw(history, picture, title)
     text = markdown(history, model_dir, os.path.relpath(picture, output_dir))
 

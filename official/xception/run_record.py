@@ -15,8 +15,6 @@ import tensorflow as tf
 
 from official.utils import dataset_info
 from official.utils import provenance
-from official.utils import run_safety
-from official.utils.errors import PipelineError
 
 EXPORT_RECORD = os.path.join("assets.extra", provenance.RECORD_NAME)
 
@@ -71,15 +69,8 @@ def training_record(flags_obj, tf_config, num_replicas, start_step):
 
 
 def write_training_record(model_dir, flags_obj, tf_config, num_replicas, start_step):
-    record = training_record(flags_obj, tf_config, num_replicas, start_step)
-    try:
-        path = provenance.append_record(model_dir, record)
-    except (OSError, tf.errors.OpError) as error:
-        message = run_safety.io_error_message(error, f"--model_dir={model_dir}")
-        if message is None:
-            raise
-        raise PipelineError(f"{message} (writing {provenance.RECORD_NAME}): free space and re-run "
-                            "the same command") from None
+    path = provenance.append_record(
+        model_dir, training_record(flags_obj, tf_config, num_replicas, start_step))
     logging.info("Provenance of this run appended to %s", path)
 
 
