@@ -38,6 +38,7 @@ PICTURE_NAME = "report.png"
 PICTURE_INCHES = (15, 11)
 PICTURE_DPI = 100
 EVAL_SUBDIR = "eval"
+_SCALARS_PLUGIN = "scalars"
 # Single-crop 299x299 ImageNet validation accuracy of Xception in the paper (Table 1), which Keras's
 # published weights reproduce (0.790 / 0.945).
 PAPER_TOP_1 = 0.790
@@ -76,17 +77,24 @@ class RunHistory:
 
 def _scalars(directory):
     """{tag: [(step, value)]} of the event files directly in `directory`, read by TensorBoard's own
-    reader; a step written twice (an evaluation repeated after a restart) keeps its last value."""
+    reader: TF1 scalar summaries (the Estimator's) and TF2 ones (tensors of the scalars plugin). A
+    step written twice (an evaluation repeated after a restart) keeps its last value."""
     if not tf.io.gfile.isdir(directory):
         return {}
     accumulator = event_accumulator.EventAccumulator(
-        directory, size_guidance={event_accumulator.SCALARS: 0})
+        directory, size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0})
     accumulator.Reload()
+    events = {tag: [(event.wall_time, event.step, event.value)
+                    for event in accumulator.Scalars(tag)]
+              for tag in accumulator.Tags()[event_accumulator.SCALARS]}
+    for tag in accumulator.Tags()[event_accumulator.TENSORS]:
+        if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == _SCALARS_PLUGIN:
+            events[tag] = [(event.wall_time, event.step,
+                            float(tf.make_ndarray(event.tensor_proto)))
+                           for event in accumulator.Tensors(tag)]
     scalars = {}
-    for tag in accumulator.Tags()[event_accumulator.SCALARS]:
-        by_step = {}
-        for event in sorted(accumulator.Scalars(tag), key=lambda event: event.wall_time):
-            by_step[event.step] = event.value
+    for tag, tag_events in events.items():
+        by_step = {step: value for _, step, value in sorted(tag_events)}
         scalars[tag] = sorted(by_step.items())
     return scalars
 
