@@ -87,11 +87,13 @@ def _scalars(directory):
     events = {tag: [(event.wall_time, event.step, event.value)
                     for event in accumulator.Scalars(tag)]
               for tag in accumulator.Tags()[event_accumulator.SCALARS]}
-    for tag in accumulator.Tags()[event_accumulator.TENSORS]:
-        if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == _SCALARS_PLUGIN:
-            events[tag] = [(event.wall_time, event.step,
-                            float(tf.make_ndarray(event.tensor_proto)))
-                           for event in accumulator.Tensors(tag)]
+    try:
+        scalar_tensor_tags = accumulator.PluginTagToContent(_SCALARS_PLUGIN)
+    except KeyError:  # no summary of that plugin
+        scalar_tensor_tags = {}
+    for tag in scalar_tensor_tags:
+        events[tag] = [(event.wall_time, event.step, float(tf.make_ndarray(event.tensor_proto)))
+                       for event in accumulator.Tensors(tag)]
     scalars = {}
     for tag, tag_events in events.items():
         by_step = {step: value for _, step, value in sorted(tag_events)}
