@@ -544,8 +544,8 @@ def checkpoint_step(model_dir):
 
 
 def _record_start(flags_obj, model_config, tf_config, num_replicas):
-    """Appends this start's provenance record, and the TensorBoard layout that overlays the raw and
-    averaged weights' evaluations (docs/DESIGN.md §11, §7.4)."""
+    """Appends this start's provenance record (docs/DESIGN.md §11), and the TensorBoard layout that
+    overlays the raw and averaged weights' evaluations (docs/DESIGN.md §7.4)."""
     run_record.write_training_record(flags_obj.model_dir, flags_obj, tf_config, num_replicas,
                                      checkpoint_step(flags_obj.model_dir))
     if model_config.moving_average_decay and model_config.evaluate_raw_weights:
