@@ -53,6 +53,14 @@ count_gpus() {
     fi
 }
 
+# Writes report.md and report.png (curves, evaluations, provenance) into model directory $1 and
+# prints their paths; a run without summaries yet gets a warning, not a failure.
+write_report() {
+    step "Report of the run in $1"
+    python -m official.xception.report --model_dir="$1" \
+        || echo "warning: no report written for $1 (see the message above)" >&2
+}
+
 # Builds shards in $DATA_DIR from $RAW_DIR, choosing folders or the original archives.
 build_shards_from_raw() {
     local raw="$1" out="$2" args=()
@@ -115,10 +123,10 @@ run_demo() {
     # Colour is part of what tells the demo's classes apart: no colour distortion here.
     python -m official.xception.imagenet_main --data_dir="$shards" --model_dir="$model" \
         --export_dir="$model/export" --num_gpus=0 --image_size=71 --batch_size=32 \
-        --train_epochs=10 --epochs_between_evals=10 --base_learning_rate=0.05 --base_batch_size=32 \
+        --train_epochs=10 --epochs_between_evals=2.5 --base_learning_rate=0.05 --base_batch_size=32 \
         --warmup_epochs=2 --learning_rate_schedule=cosine --moving_average_decay=0.99 \
         --dropout_rate=0.0 --batch_norm_momentum=0.9 --nocolor_distortion --shuffle_buffer=1000 \
-        --log_steps=20 "$@" 2>&1 | tee -a "$model.log"
+        --log_steps=10 "$@" 2>&1 | tee -a "$model.log"
     local export
     export="$(latest_export "$model/export")"
     [[ -n "$export" ]] || die "training finished without an export in $model/export (see $model.log)"
@@ -134,6 +142,7 @@ run_demo() {
     image="${images[0]}"
     step "Classifying $image through serving_default"
     python -m official.xception.classify_image --saved_model_dir="$export" "$image"
+    write_report "$model"
 
     cat <<EOF
 
@@ -144,6 +153,7 @@ Demo finished.
   training log:     $model.log
   SavedModel:       $export
   SavedModel evaluation: $figures (chance is 0.2)
+  report:           $model/report.md (curves: $model/report.png)
 EOF
 }
 
@@ -213,6 +223,12 @@ run_real() {
         step "Evaluating the SavedModel $export"
         python -m official.xception.evaluate_saved_model --saved_model_dir="$export" \
             --data_dir="$DATA_DIR" 2>&1 | tee -a "$log"
+    fi
+    # The chief (which exported) and the evaluator (which evaluates last) write the report; in a
+    # cluster both rewrite the same files atomically, and `python -m official.xception.report`
+    # rewrites them at any time.
+    if [[ -n "$export" || "$role" == evaluator* ]]; then
+        write_report "$MODEL_DIR" 2>&1 | tee -a "$log"
     fi
 }
 

@@ -4,6 +4,7 @@ The oracle is tf.keras.applications.Xception itself, with random but non-trivial
 statistics included) saved by Keras to .h5 and converted with the command line tool.
 """
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -14,8 +15,10 @@ import pytest
 import skimage.data
 import tensorflow as tf
 
+from official.utils import provenance
 from official.utils.errors import PipelineError
 from official.xception import convert_keras_weights
+from official.xception import run_record
 from official.xception import xception_model
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +104,17 @@ def test_full_file_converts_to_keras_logits(keras_files, converted_full):
     logits, global_step = _restore_and_run(model_dir, images)
     assert global_step == 0
     _assert_same_predictions(logits, keras_logits)
+
+
+def test_the_conversion_records_its_source_files_digest(keras_files, converted_full):
+    model_dir, stdout = converted_full
+    (record,) = provenance.read_records(run_record.record_path(str(model_dir)))
+    with open(keras_files[0], "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    assert record["event"] == "convert_keras_weights"
+    assert record["source"] == {"path": str(keras_files[0]), "sha256": digest, "num_classes": 1000}
+    assert f"converted {keras_files[0]} (sha256 {digest})" in run_record.describe(record)[1]
+    assert f"provenance: {model_dir}/provenance.jsonl" in stdout
 
 
 def test_checkpoint_holds_exactly_the_networks_variables(converted_full):

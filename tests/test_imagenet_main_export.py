@@ -1,8 +1,11 @@
 """imagenet_main's export: the SavedModel predicts like Estimator.predict and evaluates like
 Estimator.evaluate on the same checkpoint; class count, split sizes and class names come from the
-shards' build_summary.json."""
+shards' build_summary.json; every start appends a provenance record that the exports carry, and the
+run's report tables the evaluations of its event files."""
 
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,18 +13,24 @@ import sys
 from absl import flags
 import numpy as np
 import pytest
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 import tensorflow as tf
 
 from official.utils import dataset_info
+from official.utils import provenance
 from official.utils.errors import PipelineError
 from official.xception import evaluate_saved_model
 from official.xception import export
 from official.xception import imagenet_main
 from official.xception import model_fn as model_fn_lib
 from official.xception import preprocessing
+from official.xception import report
+from official.xception import run_record
 from official.xception import xception_flags
 from tests import export_fixtures
 from tests import record_fixtures
+from tests import report_tables
 from tests import tiny_network
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,6 +174,114 @@ def test_training_exports_a_model_that_names_the_classes(demo_shards, tmp_path):
     names = [name.encode() for name, _ in expected_names]
     assert outputs["class_names"].numpy()[0] == names[int(outputs["classes"][0])]
     assert set(outputs["top_5_class_names"].numpy()[0]) == set(names)
+
+
+@pytest.fixture(scope="module")
+def resumed_run(demo_shards, tmp_path_factory):
+    """A run of one epoch, resumed with other flags for a second, each exporting: (model dir, exports
+    oldest first)."""
+    model_dir = tmp_path_factory.mktemp("resumed") / "model"
+    export_dir = model_dir / "export"
+    common = dict(data_dir=demo_shards, model_dir=model_dir, export_dir=export_dir,
+                  image_size=SIZE, batch_size=8, num_gpus=0, moving_average_decay=0.5,
+                  dropout_rate=0.0, shuffle_buffer=32, seed=7)
+    for values in (dict(train_epochs=1), dict(train_epochs=2, log_steps=2, base_learning_rate=0.01)):
+        imagenet_main.run(_flags(**common, **values), model_builder=tiny_network.tiny_network)
+    return model_dir, sorted(export_dir.iterdir(), key=lambda path: int(path.name))
+
+
+def test_every_start_is_recorded_and_each_export_carries_the_record(demo_shards, resumed_run,
+                                                                   tmp_path):
+    model_dir, (first_export, second_export) = resumed_run
+    records = provenance.read_records(str(model_dir / provenance.RECORD_NAME))
+    assert [(r["event"], r["start_step"]) for r in records] == [("start", 0), ("resume", 3)]
+    first, second = records
+    assert (first["flags"]["train_epochs"], second["flags"]["train_epochs"]) == (1, 2)
+    assert second["flags"]["base_learning_rate"] == 0.01 and "log_steps" in second["flags_given"]
+    assert "log_steps" not in first["flags_given"]
+    with open(os.path.join(demo_shards, dataset_info.SUMMARY_NAME), "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    for record in records:
+        assert record["seed"] == 7
+        assert record["dataset"]["build_summary_sha256"] == digest
+        assert (record["dataset"]["train_examples"], record["dataset"]["eval_examples"]) == (24, 9)
+        assert record["versions"]["tensorflow"] == tf.__version__
+        assert record["cluster"]["replicas"] == 1 and record["cluster"]["global_batch"] == 8
+        assert record["git"].get("commit") or record["git"].get("reason")
+    # Each export carries the records written until then; it holds the averages and says so.
+    assert run_record.read_export_records(str(first_export)) == records[:1]
+    assert run_record.read_export_records(str(second_export)) == records
+    assert export.read_export_info(str(second_export))["weights"] == "polyak_averages"
+    evaluated = evaluate_saved_model.evaluate(str(second_export), demo_shards)
+    assert "export of the Polyak averages of the weights at global step 6" in evaluated["provenance"][0]
+    assert "resume at " in evaluated["provenance"][1]
+    assert evaluated["provenance"][-1] == "  (1 earlier record in assets.extra/provenance.jsonl)"
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(record_fixtures.encode_image(
+        record_fixtures.random_photo(np.random.default_rng(0), 40, 50)))
+    shown = subprocess.run([sys.executable, "-m", "official.xception.classify_image",
+                            f"--saved_model_dir={second_export}", "--verbose", image],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.splitlines()[:len(evaluated["provenance"])] == evaluated["provenance"]
+
+
+def _eval_events(eval_dir):
+    """{step: {tag: value}} of the evaluation summaries, read with TensorFlow's own event iterator."""
+    by_step = {}
+    for path in tf.io.gfile.glob(os.path.join(eval_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    by_step.setdefault(event.step, {})[value.tag] = value.simple_value
+    return by_step
+
+
+def _overlay_charts(model_dir):
+    """[[tag patterns] per chart] of the Custom Scalars layouts in the training directory."""
+    charts = []
+    for path in tf.io.gfile.glob(os.path.join(model_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == custom_scalar_metadata.CONFIG_SUMMARY_TAG:
+                    layout = layout_pb2.Layout.FromString(tf.make_ndarray(value.tensor).item())
+                    charts += [list(chart.multiline.tag) for category in layout.category
+                               for chart in category.chart]
+    return charts
+
+
+def test_the_report_tables_every_evaluation_and_draws_the_curves(resumed_run):
+    model_dir, _ = resumed_run
+    report_path, picture_path = report.write_report(str(model_dir))
+    events = _eval_events(str(model_dir / "eval"))
+    assert sorted(events) == [3, 6]
+    # TensorBoard overlays each metric of the averages with the raw weights' (one layout per start).
+    charts = _overlay_charts(str(model_dir))
+    assert len(charts) == 6
+    for key in (model_fn_lib.TOP_1_KEY, model_fn_lib.TOP_5_KEY,
+                model_fn_lib.EVAL_CROSS_ENTROPY_KEY):
+        tags = {key, model_fn_lib.RAW_WEIGHTS_PREFIX + key}
+        assert tags <= set(events[6])
+        assert any({tag for tag in events[6] if any(re.search(p, tag) for p in patterns)} == tags
+                   for patterns in charts)
+    rows = report_tables.evaluation_rows(open(report_path).read())
+    raw = model_fn_lib.RAW_WEIGHTS_PREFIX
+    assert [row["global step"] for row in rows] == ["3", "6"]
+    for row in rows:
+        expected = events[int(row["global step"])]
+        assert float(row["epoch"]) == int(row["global step"]) / 3
+        assert float(row["top-1 %"]) == pytest.approx(100 * expected[model_fn_lib.TOP_1_KEY],
+                                                      abs=0.005)
+        assert float(row["raw top-5 %"]) == pytest.approx(
+            100 * expected[raw + model_fn_lib.TOP_5_KEY], abs=0.005)
+        assert float(row["cross-entropy"]) == pytest.approx(
+            expected[model_fn_lib.EVAL_CROSS_ENTROPY_KEY], abs=5e-5)
+        assert float(row["raw cross-entropy"]) == pytest.approx(
+            expected[raw + model_fn_lib.EVAL_CROSS_ENTROPY_KEY], abs=5e-5)
+        assert int(row["examples"]) == 9
+    text = open(report_path).read()
+    assert "79.0 %" in text and "resume at " in text and "2 records in" in text
+    report_tables.assert_picture(picture_path)
 
 
 if __name__ == "__main__":

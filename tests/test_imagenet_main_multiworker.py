@@ -1,6 +1,7 @@
 """Worker processes on 127.0.0.1 train together: through --worker_hosts, and through TF_CONFIG as
 Kubeflow's TFJob writes it (chief, worker and an evaluator). Each training shard holds one label, so
-the labels a worker trains on say which files it read."""
+the labels a worker trains on say which files it read. The chief records the run; the report reads
+the shared directory."""
 
 import json
 import os
@@ -11,9 +12,12 @@ import sys
 import pytest
 import tensorflow as tf
 
+from official.utils import provenance
 from official.xception import model_fn as model_fn_lib
+from official.xception import report
 from tests import process_fixtures
 from tests import record_fixtures
+from tests import report_tables
 from tests import tiny_imagenet_main
 
 NUM_SHARDS = 4  # labels 0..3, shard i holding label i
@@ -110,6 +114,18 @@ def test_tfjob_chief_worker_and_evaluator(data_dir, tmp_path):
     assert STEPS in _evaluation_steps(str(model_dir / "eval")), errors[2][-3000:]
     assert "Global batch 4 = 2 replicas x 2" in errors[2]
     assert tiny_imagenet_main.TRAIN_LABELS_PREFIX not in errors[2]
+    # Only the chief records the run, with the shape of the cluster; the report of the shared
+    # directory tables what the evaluator evaluated.
+    (record,) = provenance.read_records(str(model_dir / provenance.RECORD_NAME))
+    assert record["cluster"]["tasks"] == {"chief": 1, "worker": 1}
+    assert record["cluster"]["task"] == {"type": "chief", "index": 0}
+    assert (record["cluster"]["replicas"], record["start_step"]) == (2, 0)
+    report_path, picture_path = report.write_report(str(model_dir))
+    rows = report_tables.evaluation_rows(open(report_path).read())
+    assert [int(row["global step"]) for row in rows] == sorted(set(_evaluation_steps(
+        str(model_dir / "eval"))))
+    assert "over 1 chief, 1 worker" in open(report_path).read()
+    report_tables.assert_picture(picture_path)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,10 @@ def test_trains_evaluates_on_the_averages_of_every_weight_and_exports(data_dir, 
     assert np.abs(_raw_weight_logits(tmp_path / "model", images) - export_logits).max() > 5 * tolerance
     assert results[model_fn_lib.EVAL_CROSS_ENTROPY_KEY] == pytest.approx(
         _nll(export_logits, labels), rel=TOLERANCE[dtype])
+    # The raw weights, evaluated in the same pass by a second copy of the network.
+    assert results[model_fn_lib.RAW_WEIGHTS_PREFIX + model_fn_lib.EVAL_CROSS_ENTROPY_KEY] == \
+        pytest.approx(_nll(_raw_weight_logits(tmp_path / "model", images), labels),
+                      rel=TOLERANCE[dtype])
 
 
 class _GraphBuilt(Exception):

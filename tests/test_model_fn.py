@@ -1,6 +1,7 @@
 """model_fn: loss = cross-entropy + hand-checked L2 over the right variables, learning-rate schedules,
 batch-norm statistics, Polyak averages in evaluation, and evaluation counting every example once."""
 
+import dataclasses
 import math
 import sys
 
@@ -18,6 +19,7 @@ from tests import tiny_network
 
 IMAGE_SIZE = 71
 NUM_CLASSES = 5
+RAW = model_fn_lib.RAW_WEIGHTS_PREFIX
 
 
 def _learning_rate(**overrides):
@@ -190,6 +192,65 @@ def test_training_moves_batch_norm_statistics_and_evaluation_uses_the_averages(t
     assert results[model_fn_lib.EVAL_CROSS_ENTROPY_KEY] == pytest.approx(expected, rel=1e-4)
     assert results[model_fn_lib.TOP_1_KEY] == pytest.approx(
         np.mean(inference.argmax(axis=1) == eval_labels))
+    # The raw weights (and raw statistics) in the same pass: the checkpoint's values by their names.
+    raw_inference, _ = _inference_logits(checkpoint, eval_images, {})
+    raw_expected = -_log_softmax(raw_inference.astype(np.float64))[np.arange(8), eval_labels].mean()
+    assert abs(raw_expected - expected) > 1e-3
+    assert results[RAW + model_fn_lib.EVAL_CROSS_ENTROPY_KEY] == pytest.approx(raw_expected,
+                                                                               rel=1e-4)
+    assert results[RAW + model_fn_lib.TOP_1_KEY] == pytest.approx(
+        np.mean(raw_inference.argmax(axis=1) == eval_labels))
+
+
+def _evaluate(model_dir, config, images, labels):
+    return _estimator(model_dir, config).evaluate(
+        _numpy_input_fn(images, labels, 8, repeat=False))
+
+
+def test_raw_and_averaged_weights_in_one_pass_follow_the_averaging_decay(tmp_path):
+    images, labels = _batch(seed=10, size=16)
+    metrics = (model_fn_lib.TOP_1_KEY, model_fn_lib.TOP_5_KEY, model_fn_lib.EVAL_CROSS_ENTROPY_KEY)
+    # A decay of (almost) 0: each average is the weight itself, so both sides agree exactly.
+    config = _model_config(moving_average_decay=1e-30)
+    _estimator(tmp_path / "no_decay", config).train(_numpy_input_fn(images, labels, 8), steps=2)
+    results = _evaluate(tmp_path / "no_decay", config, images, labels)
+    assert {key: results[RAW + key] for key in metrics} == {key: results[key] for key in metrics}
+
+    # A large decay after one step: with num_updates = global step = 1 the decay is
+    # min(0.9999, 2 / 11), so each average is d * initial + (1 - d) * trained. A large step makes
+    # the two sets of weights far apart.
+    steep = _learning_rate(base_learning_rate=2.0)
+    config = _model_config(moving_average_decay=0.9999, learning_rate=steep)
+    _estimator(tmp_path / "decay", config).train(_numpy_input_fn(images, labels, 8), steps=1)
+    initial = tf.train.load_checkpoint(str(tmp_path / "decay" / "model.ckpt-0"))
+    trained = tf.train.load_checkpoint(str(tmp_path / "decay" / "model.ckpt-1"))
+    decay = min(0.9999, 2 / 11)
+    for name in ("block1_conv1/kernel", "predictions/kernel", "predictions/bias"):
+        np.testing.assert_allclose(
+            trained.get_tensor(name + "/ExponentialMovingAverage"),
+            decay * initial.get_tensor(name) + (1 - decay) * trained.get_tensor(name),
+            rtol=1e-5, atol=1e-7)
+    both = _evaluate(tmp_path / "decay", config, images, labels)
+    averages = {name: name + "/ExponentialMovingAverage" for name in
+                (w.name.split(":")[0] for w in tiny_network.tiny_network(
+                    num_classes=NUM_CLASSES, image_size=IMAGE_SIZE).trainable_weights)}
+    checkpoint = str(tmp_path / "decay" / "model.ckpt-1")
+    for prefix, names in (("", averages), (RAW, {})):
+        logits, _ = _inference_logits(checkpoint, images, names)
+        nll = -_log_softmax(logits.astype(np.float64))[np.arange(16), labels].mean()
+        assert both[prefix + model_fn_lib.EVAL_CROSS_ENTROPY_KEY] == pytest.approx(nll, rel=1e-4)
+    assert abs(both[model_fn_lib.EVAL_CROSS_ENTROPY_KEY]
+               - both[RAW + model_fn_lib.EVAL_CROSS_ENTROPY_KEY]) > 1e-3
+
+    # Each side alone: the averages without the raw side, the raw weights without averaging.
+    averaged_alone = _evaluate(tmp_path / "decay", dataclasses.replace(
+        config, evaluate_raw_weights=False), images, labels)
+    raw_alone = _evaluate(tmp_path / "decay", _model_config(moving_average_decay=0.0), images,
+                          labels)
+    assert not any(key.startswith(RAW) for key in averaged_alone)
+    for key in metrics:
+        assert both[key] == pytest.approx(averaged_alone[key], rel=1e-6)
+        assert both[RAW + key] == pytest.approx(raw_alone[key], rel=1e-6)
 
 
 def test_checkpoint_without_averages_evaluates_raw_weights_with_a_warning(tmp_path, caplog):

@@ -11,6 +11,7 @@ import pytest
 from data_prep import demo_dataset
 from tests import established_builder
 from tests import record_fixtures
+from tests import report_tables
 
 # The script in the source tree (not a runfiles symlink), so that it finds the project's .venv.
 SCRIPT = os.path.realpath(
@@ -38,6 +39,14 @@ def test_demo_runs_end_to_end_and_learns(tmp_path):
     export = re.search(r"SavedModel:\s+(\S+)", result.stdout).group(1)
     assert os.path.isfile(os.path.join(export, "saved_model.pb"))
     assert os.path.isfile(tmp_path / "shards" / "build_summary.json")
+    # The demo ends with its report: an evaluation every 2.5 of its 10 epochs, and the curves.
+    paths = re.search(r"report:\s+(\S+) \(curves: (\S+)\)", result.stdout)
+    assert paths, result.stdout[-3000:]
+    assert os.path.isfile(paths.group(1)), result.stderr[-3000:]
+    with open(paths.group(1)) as handle:
+        rows = report_tables.evaluation_rows(handle.read())
+    assert [float(row["epoch"]) for row in rows] == [2.56, 5.12, 7.68, 10.03]  # 9.375 steps each
+    report_tables.assert_picture(paths.group(2))
 
 
 @pytest.mark.parametrize("env, message", [

@@ -3,7 +3,8 @@ r"""Classifies image files with an exported SavedModel's `serving_default` signa
     python -m official.xception.classify_image --saved_model_dir=EXPORT/1700000000 cat.jpg dog.png
 
 Prints the top-5 classes (index, name, text, probability) of each image, exactly as a server running
-the export would answer.
+the export would answer; --verbose first says which weights the export holds and what made them (its
+provenance record).
 """
 
 import sys
@@ -14,7 +15,9 @@ import tensorflow as tf
 
 from official.utils import logging_setup
 from official.utils.errors import PipelineError
+from official.xception import export
 from official.xception import exported_model
+from official.xception import run_record
 
 
 def classify(saved_model_dir, image_paths):
@@ -40,6 +43,8 @@ def classify(saved_model_dir, image_paths):
 
 def define_flags():
     flags.DEFINE_string("saved_model_dir", None, "An export of imagenet_main (a numbered version dir).")
+    flags.DEFINE_boolean("verbose", False, "First print which weights the export holds and the "
+                         "provenance of the run that made them (commit, versions, data, flags).")
     flags.mark_flag_as_required("saved_model_dir")
 
 
@@ -49,6 +54,10 @@ def main(argv):
     logging_setup.log_through_absl_only()
     try:
         results = classify(flags.FLAGS.saved_model_dir, argv[1:])
+        if flags.FLAGS.verbose:
+            print("\n".join(run_record.export_summary(
+                export.read_export_info(flags.FLAGS.saved_model_dir),
+                run_record.read_export_records(flags.FLAGS.saved_model_dir))))
     except PipelineError as error:
         sys.exit(f"error: {error}")
     for path, top in results:

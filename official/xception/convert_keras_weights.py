@@ -23,8 +23,10 @@ import numpy as np
 import tensorflow as tf
 
 from official.utils import logging_setup
+from official.utils import provenance
 from official.utils import run_safety
 from official.utils.errors import PipelineError
+from official.xception import run_record
 from official.xception import xception_model
 
 CHECKPOINT_PREFIX = "model.ckpt"
@@ -192,6 +194,8 @@ def convert(keras_weights, model_dir, num_classes=None):
     try:
         path = saver.save(None, os.path.join(staging, CHECKPOINT_PREFIX), global_step=0,
                           write_meta_graph=False)
+        # Moved in with the checkpoint: its exports then name the file the weights came from.
+        provenance.append_record(staging, run_record.conversion_record(keras_weights, num_classes))
         _move_checkpoint(staging, model_dir)
     except (OSError, tf.errors.OpError) as error:
         message = run_safety.io_error_message(error, f"--model_dir={model_dir}")
@@ -209,6 +213,7 @@ def convert(keras_weights, model_dir, num_classes=None):
         + (f", {num_classes} classes" if include_top else ""),
         *notes,
         f"checkpoint: {os.path.join(model_dir, os.path.basename(path))} (global_step 0)",
+        f"provenance: {run_record.record_path(model_dir)} (the source file's SHA-256)",
     ]
 
 

@@ -28,6 +28,7 @@ from official.utils.progress import ProgressReporter
 from official.xception import export
 from official.xception import exported_model
 from official.xception import input_pipeline
+from official.xception import run_record
 from official.xception import shard_check
 
 _RECORD_FEATURES = {
@@ -126,7 +127,8 @@ def evaluate(saved_model_dir, data_dir, *, batch_size=64, label_offset=None, bla
     count in build_summary.json).
 
     Returns:
-      dict with top_1, top_5, examples, excluded, skipped_corrupt and the per-class tally.
+      dict with top_1, top_5, examples, excluded, skipped_corrupt, the per-class tally and the
+      provenance summary of the export (lines).
     """
     if batch_size < 1:
         raise PipelineError(f"--batch_size={batch_size}: must be at least 1")
@@ -137,11 +139,13 @@ def evaluate(saved_model_dir, data_dir, *, batch_size=64, label_offset=None, bla
     files = input_pipeline.list_input_files(data_dir, is_training=False,
                                             allow_incomplete_shards=allow_incomplete_shards)
     try:
-        return _evaluate_records(opened.serve, data_dir, files, num_classes, label_offset,
-                                 batch_size, blacklist, progress_interval, skip_corrupt_records)
+        result = _evaluate_records(opened.serve, data_dir, files, num_classes, label_offset,
+                                   batch_size, blacklist, progress_interval, skip_corrupt_records)
     except tf.errors.OpError as error:
         shard_check.locate_or_raise(error, data_dir, splits=("validation",))
         raise
+    result["provenance"] = run_record.export_summary(opened.info, opened.provenance)
+    return result
 
 
 def _evaluate_records(serve, data_dir, files, num_classes, label_offset, batch_size, blacklist,
@@ -250,7 +254,8 @@ def main(argv):
                           allow_incomplete_shards=flag_values.allow_incomplete_shards)
     except PipelineError as error:
         sys.exit(f"error: {error}")
-    # Printed before anything else can fail: the figures cost a whole evaluation.
+    print("\n".join(result["provenance"]))
+    # Printed before anything else can fail: the figures cost a whole evaluation; the last line.
     print(f"top_1_accuracy={result['top_1']:.4f} top_5_accuracy={result['top_5']:.4f} "
           f"examples={result['examples']} excluded_by_blacklist={result['excluded']}"
           + (f" skipped_corrupt={result['skipped_corrupt']}"

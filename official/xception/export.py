@@ -11,7 +11,9 @@ statistics, where the checkpoint has them). It has a dynamic batch dimension and
 Both return `classes` (int64), `class_names`, `probabilities`, `logits`, `top_5_classes`,
 `top_5_class_names` and `top_5_probabilities`. Output index i is the class whose data label is
 i + label_offset; `assets/classes.tsv` lists index, name (synset) and human text for every output, and
-`assets.extra/export_info.json` records the conventions (label offset, image size, crop fraction).
+`assets.extra/export_info.json` records the conventions (label offset, image size, crop fraction) and
+which weights it holds, `assets.extra/provenance.jsonl` the records of the runs that made the
+checkpoint (docs/DESIGN.md §11).
 """
 
 import json
@@ -138,7 +140,8 @@ def _class_rows(class_names, num_classes):
 
 def export_saved_model(checkpoint_path, export_dir_base, *, num_classes, image_size=299,
                        label_offset=1, class_names=None, central_fraction=0.875,
-                       use_moving_averages=True, model_builder=xception_model.xception):
+                       use_moving_averages=True, model_builder=xception_model.xception,
+                       provenance_file=None):
     """Exports `checkpoint_path` as a SavedModel in a new `export_dir_base/<unix time>` directory.
 
     Args:
@@ -152,6 +155,8 @@ def export_saved_model(checkpoint_path, export_dir_base, *, num_classes, image_s
       central_fraction: evaluation crop fraction used by `serving_default`.
       use_moving_averages: read the Polyak averages of the weights where the checkpoint has them.
       model_builder: builds the network, with xception()'s keyword arguments.
+      provenance_file: the JSON-lines record of the runs that made the checkpoint, copied to
+        `assets.extra/provenance.jsonl` when it exists.
 
     Returns:
       (export path, number of variables read from moving averages).
@@ -187,10 +192,15 @@ def export_saved_model(checkpoint_path, export_dir_base, *, num_classes, image_s
             "image_size": image_size,
             "central_fraction": central_fraction,
             "moving_averages": averaged,
+            # Which weights the export holds: their Polyak averages where the checkpoint has them.
+            "weights": "polyak_averages" if averaged else "raw",
         }
         os.makedirs(os.path.join(saved_model_dir, "assets.extra"))
         with open(os.path.join(saved_model_dir, "assets.extra", EXPORT_INFO), "w") as handle:
             json.dump(info, handle, indent=1)
+        if provenance_file and tf.io.gfile.exists(provenance_file):
+            tf.io.gfile.copy(provenance_file, os.path.join(saved_model_dir, "assets.extra",
+                                                           os.path.basename(provenance_file)))
         export_path = os.path.join(export_dir_base, str(int(time.time())))
         while os.path.exists(export_path):  # two exports within a second
             export_path = os.path.join(export_dir_base, str(int(os.path.basename(export_path)) + 1))

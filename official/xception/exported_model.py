@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from official.utils.errors import PipelineError
 from official.xception import export
+from official.xception import run_record
 
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 _REQUIRED_INFO = ("num_classes", "label_offset")
@@ -20,6 +21,8 @@ class OpenedExport:
     info: dict
     serve: tf.types.experimental.ConcreteFunction
     class_names: Optional[List[Tuple[str, str]]]
+    # The provenance records of the runs that made the checkpoint (run_record), oldest first.
+    provenance: List[dict] = dataclasses.field(default_factory=list)
 
 
 def _is_saved_model(path):
@@ -68,4 +71,5 @@ def open_export(saved_model_dir, flag="--saved_model_dir"):
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PipelineError(f"{flag}={saved_model_dir} cannot be loaded ({first_line}): export the "
                             "checkpoint again with imagenet_main --export_only") from None
-    return OpenedExport(info, serve, export.read_class_names(saved_model_dir))
+    return OpenedExport(info, serve, export.read_class_names(saved_model_dir),
+                        run_record.read_export_records(saved_model_dir))

@@ -32,12 +32,14 @@ from official.utils import flags_core
 from official.utils import hooks as hooks_lib
 from official.utils import logging_setup
 from official.utils import run_safety
+from official.utils import tensorboard_layout
 from official.utils.errors import PipelineError
 from official.xception import export
 from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
 from official.xception import preprocessing
 from official.xception import run_checks
+from official.xception import run_record
 from official.xception import shard_check
 from official.xception import xception_flags
 from official.xception import xception_model
@@ -275,6 +277,7 @@ def make_model_config(flags_obj, global_batch_size):
         optimizer=flags_obj.optimizer,
         momentum=flags_obj.momentum,
         moving_average_decay=flags_obj.moving_average_decay,
+        evaluate_raw_weights=flags_obj.eval_raw_weights,
         average_batch_norm_statistics=flags_obj.average_batch_norm_statistics,
         loss_scale=loss_scale,
         fine_tune=flags_obj.fine_tune,
@@ -478,7 +481,8 @@ def export_latest(flags_obj, info, model_builder=None):
             class_names=class_names_for_export(flags_obj, info),
             central_fraction=flags_obj.eval_central_fraction,
             use_moving_averages=flags_obj.moving_average_decay > 0,
-            model_builder=model_builder or xception_model.xception)
+            model_builder=model_builder or xception_model.xception,
+            provenance_file=run_record.record_path(flags_obj.model_dir))
     except (OSError, tf.errors.OpError) as error:
         message = run_safety.io_error_message(error, f"--export_dir={flags_obj.export_dir}")
         if message is None:
@@ -526,10 +530,8 @@ def explained_run_errors(model_dir, data_dir=None):
 
 
 def _log_evaluation(results, expected_examples, counted_examples_exact, skip_corrupt_records=False):
-    logging.info("Evaluation at step %d: top-1 %.4f, top-5 %.4f, cross-entropy %.4f over %d examples",
-                 results["global_step"], results[model_fn_lib.TOP_1_KEY],
-                 results[model_fn_lib.TOP_5_KEY], results[model_fn_lib.EVAL_CROSS_ENTROPY_KEY],
-                 results[model_fn_lib.EVAL_EXAMPLES_KEY])
+    logging.info("Evaluation at step %d: %s over %d examples", results["global_step"],
+                 model_fn_lib.describe_evaluation(results), results[model_fn_lib.EVAL_EXAMPLES_KEY])
     if skip_corrupt_records:
         # What evaluation kept, against the split's size, also counts the records lost to
         # unreadable bytes, which no stage of tf.data can count.
@@ -567,6 +569,16 @@ def check_cluster_flags(flags_obj, training_tasks):
         raise PipelineError(f"--batch_size={flags_obj.batch_size} is the global batch and must "
                             f"divide evenly by the {training_tasks} training tasks' replicas: use a "
                             f"multiple of {training_tasks} times each task's GPU count")
+
+
+def _record_start(flags_obj, model_config, tf_config, num_replicas):
+    """Appends this start's provenance record (docs/DESIGN.md §11), and the TensorBoard layout that
+    overlays the raw and averaged weights' evaluations (docs/DESIGN.md §7.5)."""
+    run_record.write_training_record(flags_obj.model_dir, flags_obj, tf_config, num_replicas,
+                                     checkpoint_step(flags_obj.model_dir))
+    if model_config.moving_average_decay and model_config.evaluate_raw_weights:
+        tensorboard_layout.write_overlay_layout(flags_obj.model_dir, "raw and averaged weights",
+                                                model_fn_lib.raw_and_averaged_charts())
 
 
 def run(flags_obj, model_builder=None):
@@ -634,6 +646,8 @@ def run(flags_obj, model_builder=None):
             flags_obj.model_dir, info.class_names(flags_obj.label_offset, flags_obj.num_classes))
 
     with explained_run_errors(flags_obj.model_dir, flags_obj.data_dir):
+        if placement.is_chief and not flags_obj.eval_only:
+            _record_start(flags_obj, model_config, tf_config, placement.num_replicas)
         if flags_obj.eval_only:
             if tf.train.latest_checkpoint(flags_obj.model_dir) is None:
                 raise PipelineError(f"--eval_only: --model_dir={flags_obj.model_dir} holds no "

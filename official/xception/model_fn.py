@@ -16,6 +16,7 @@ Pitfalls this module is built around (see docs/DESIGN.md §8):
 
 import dataclasses
 import math
+import re
 from typing import Optional, Tuple, Union
 
 from absl import logging
@@ -42,6 +43,9 @@ TOP_1_KEY = "top_1_accuracy"
 TOP_5_KEY = "top_5_accuracy"
 EVAL_CROSS_ENTROPY_KEY = "cross_entropy"
 EVAL_EXAMPLES_KEY = "examples"
+# The same metrics of the raw (not averaged) weights, computed in the same pass over the data when
+# the checkpoint has Polyak averages (docs/DESIGN.md §7.5); their summaries sit under this prefix.
+RAW_WEIGHTS_PREFIX = "raw_weights/"
 
 _WEIGHT_LAYER_TYPES = (tf.keras.layers.Conv2D, tf.keras.layers.SeparableConv2D,
                        tf.keras.layers.DepthwiseConv2D, tf.keras.layers.Dense)
@@ -112,6 +116,8 @@ class ModelConfig:
     rmsprop_decay: float = 0.9
     rmsprop_epsilon: float = 1.0
     moving_average_decay: float = 0.9999
+    # Evaluation also computes the metrics of the raw weights beside those of their averages.
+    evaluate_raw_weights: bool = True
     # Whether the Polyak averages also cover batch norm's moving mean and variance (off by default:
     # evaluation with them was worse on a short real run, see the README).
     average_batch_norm_statistics: bool = False
@@ -338,10 +344,10 @@ def freeze_all_but_head(model):
             layer.trainable = False
 
 
-def averaged_weights_saver(checkpoint_path, weights, statistics=()):
-    """A Saver that restores the Polyak averages of `weights` (and of the batch-norm `statistics` when
-    the checkpoint has theirs) into the variables themselves, and everything else as saved. For the
-    eval graph and prediction.
+def averaged_weights_mapping(checkpoint_path, weights, statistics=()):
+    """{checkpoint name: variable} for a Saver that restores the Polyak averages of `weights` (and of
+    the batch-norm `statistics` when the checkpoint has theirs) into the variables themselves, and
+    every other global variable as saved. For the eval graph and prediction.
 
     Returns None when `checkpoint_path` has no averages of the weights at all (e.g. converted Keras
     weights, or training without --moving_average_decay): the raw weights are then used, with a warning.
@@ -377,7 +383,7 @@ def averaged_weights_saver(checkpoint_path, weights, statistics=()):
         logging.info("Evaluating the averages of %d of %d trainable variables (batch-norm moving "
                      "statistics as trained) from %s", len(averaged_weights), len(weights),
                      checkpoint_path)
-    return tf.compat.v1.train.Saver(mapping)
+    return mapping
 
 
 def _with_averages(checkpoint_path, variables, in_checkpoint, kind):
@@ -465,19 +471,9 @@ def model_fn(features, labels, mode, params, config=None):
     loss = tf.add(cross_entropy, decay, name=TOTAL_LOSS_TENSOR)
 
     if mode == tf.estimator.ModeKeys.EVAL:
-        top_1 = tf.compat.v1.metrics.mean(_top_k_hits(logits, labels, 1))
-        top_5 = tf.compat.v1.metrics.mean(_top_k_hits(logits, labels, 5))
-        metrics = {
-            TOP_1_KEY: top_1,
-            TOP_5_KEY: top_5,
-            # The negative log-likelihood people compare, whatever label smoothing training used.
-            EVAL_CROSS_ENTROPY_KEY: tf.compat.v1.metrics.mean(
-                cross_entropy_per_example(logits, labels, model_config.num_classes)),
-            EVAL_EXAMPLES_KEY: _count_metric(tf.shape(labels)[0]),
-        }
-        return tf.estimator.EstimatorSpec(
-            mode, loss=loss, eval_metric_ops=metrics,
-            scaffold=_averaged_weights_scaffold(model_config, config, model))
+        metrics, scaffold = _evaluation(params, config, model, images, logits, labels)
+        return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metrics,
+                                          scaffold=scaffold)
 
     train_op, averages = _train_op(model, images, loss, model_config)
     if model_config.warm_start_checkpoint:
@@ -492,11 +488,79 @@ def model_fn(features, labels, mode, params, config=None):
 def _averaged_weights_scaffold(model_config, config, model):
     """Evaluation and prediction read the Polyak averages of the latest checkpoint where it has them
     (None: the Estimator's default saver, raw weights)."""
+    mapping = _averaged_weights_mapping_of_latest(model_config, config, model)
+    return tf.compat.v1.train.Scaffold(saver=tf.compat.v1.train.Saver(mapping)) if mapping else None
+
+
+def _averaged_weights_mapping_of_latest(model_config, config, model):
     if model_config.moving_average_decay <= 0 or config is None:
         return None
-    saver = averaged_weights_saver(tf.train.latest_checkpoint(config.model_dir),
-                                   *weights_and_statistics(model))
-    return tf.compat.v1.train.Scaffold(saver=saver) if saver else None
+    return averaged_weights_mapping(tf.train.latest_checkpoint(config.model_dir),
+                                    *weights_and_statistics(model))
+
+
+def _accuracy_metrics(logits, labels, num_classes, prefix=""):
+    """Top-1, top-5 and the plain negative log-likelihood (whatever label smoothing training used)."""
+    return {
+        prefix + TOP_1_KEY: tf.compat.v1.metrics.mean(_top_k_hits(logits, labels, 1)),
+        prefix + TOP_5_KEY: tf.compat.v1.metrics.mean(_top_k_hits(logits, labels, 5)),
+        prefix + EVAL_CROSS_ENTROPY_KEY: tf.compat.v1.metrics.mean(
+            cross_entropy_per_example(logits, labels, num_classes)),
+    }
+
+
+def raw_and_averaged_charts():
+    """{chart title: tag patterns}: each evaluation metric of the averages overlaid with the raw
+    weights' (TensorBoard's Custom Scalars dashboard)."""
+    return {key: [f"^{re.escape(prefix + key)}$" for prefix in ("", RAW_WEIGHTS_PREFIX)]
+            for key in (TOP_1_KEY, TOP_5_KEY, EVAL_CROSS_ENTROPY_KEY)}
+
+
+def describe_evaluation(results):
+    """'top-1 0.7000, top-5 0.9000, cross-entropy 1.2000', for the averaged and the raw weights when
+    evaluation computed both."""
+    def figures(prefix):
+        return (f"top-1 {results[prefix + TOP_1_KEY]:.4f}, top-5 {results[prefix + TOP_5_KEY]:.4f}, "
+                f"cross-entropy {results[prefix + EVAL_CROSS_ENTROPY_KEY]:.4f}")
+    if RAW_WEIGHTS_PREFIX + TOP_1_KEY not in results:
+        return figures("")
+    return f"averaged weights {figures('')}; raw weights {figures(RAW_WEIGHTS_PREFIX)}"
+
+
+def _evaluation(params, config, model, images, logits, labels):
+    """(eval metric ops, scaffold): the metrics of `model`, which reads the Polyak averages where the
+    checkpoint has them, and then, with `evaluate_raw_weights`, those of a second copy of the network
+    that reads the raw weights, on the same batches (docs/DESIGN.md §7.5)."""
+    model_config = params["model_config"]
+    metrics = _accuracy_metrics(logits, labels, model_config.num_classes)
+    metrics[EVAL_EXAMPLES_KEY] = _count_metric(tf.shape(labels)[0])
+    # Taken before the copy exists: it maps every global variable of the graph.
+    mapping = _averaged_weights_mapping_of_latest(model_config, config, model)
+    if mapping is None:
+        return metrics, None
+    if model_config.evaluate_raw_weights:
+        with tf.name_scope(RAW_WEIGHTS_PREFIX.rstrip("/")):
+            raw_model = build_model(params)
+        raw_logits = tf.cast(raw_model(images, training=False), tf.float32)
+        metrics.update(_accuracy_metrics(raw_logits, labels, model_config.num_classes,
+                                         RAW_WEIGHTS_PREFIX))
+        # Same builder, same order: the copy's variables pair with the model's one for one.
+        copies = []
+        for variable, raw in zip(sum(weights_and_statistics(model), []),
+                                 sum(weights_and_statistics(raw_model), [])):
+            name = _variable_name(variable)
+            if mapping.get(name) is variable:
+                # Not averaged (batch-norm statistics by default): one name cannot restore two
+                # variables, so the copy takes the model's value once it is restored.
+                copies.append(raw.assign(variable))
+            else:
+                mapping[name] = raw
+        return metrics, tf.compat.v1.train.Scaffold(
+            saver=tf.compat.v1.train.Saver(mapping),
+            ready_for_local_init_op=tf.compat.v1.report_uninitialized_variables(
+                list(mapping.values())),
+            local_init_op=tf.group(tf.compat.v1.train.Scaffold.default_local_init_op(), *copies))
+    return metrics, tf.compat.v1.train.Scaffold(saver=tf.compat.v1.train.Saver(mapping))
 
 
 def prediction_outputs(logits):

@@ -101,6 +101,10 @@ def define_optimization(flag_values=flags.FLAGS):
                          "does; evaluation was worse with them on a short run); evaluation and "
                          "export use them wherever the checkpoint has them.",
                          flag_values=flag_values)
+    flags.DEFINE_boolean("eval_raw_weights", True, "Evaluation also reports the raw weights (metrics "
+                         "under raw_weights/) beside their Polyak averages, in the same pass over "
+                         "the data; --noeval_raw_weights saves that second forward pass.",
+                         flag_values=flag_values)
 
 
 def define_augmentation(flag_values=flags.FLAGS):
