@@ -198,10 +198,11 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
                      num_gpus)
 
 
-def per_replica_batch_size(global_batch_size, num_replicas):
+def per_replica_batch_size(global_batch_size, num_replicas, replicas="replicas"):
     if global_batch_size < 1 or global_batch_size % num_replicas:
         raise PipelineError(f"--batch_size={global_batch_size} is the global batch and must divide "
-                            f"evenly by the {num_replicas} replicas: use a multiple of {num_replicas}")
+                            f"evenly by the {num_replicas} {replicas}: use a multiple of "
+                            f"{num_replicas}")
     return global_batch_size // num_replicas
 
 
@@ -561,6 +562,12 @@ def run(flags_obj, model_builder=None):
     info = apply_dataset_info(flags_obj)
     if not flags_obj.eval_only:
         run_safety.lock_model_dir(flags_obj.model_dir, run_safety.task_name(tf_config))
+    if (cluster.training_task_count(tf_config) > 1
+            and tf_config.get("task", {}).get("type") != cluster.EVALUATOR):
+        # Before joining the peers: every training task stops here with this line, rather than
+        # some of them waiting for the ones that stopped.
+        per_replica_batch_size(flags_obj.batch_size, cluster.training_task_count(tf_config),
+                               "training tasks")
     placement = make_placement(flags_obj.distribution_strategy, flags_obj.num_gpus,
                                flags_obj.num_cpu_replicas, flags_obj.all_reduce_alg, tf_config,
                                flags_obj.peer_timeout_secs)
