@@ -15,7 +15,8 @@ import time
 
 from tests import process_fixtures
 
-INSTALL_SCRIPT = os.path.join(process_fixtures.REPO, "tools", "install_slurm.sh")
+INSTALL_SCRIPT = os.path.realpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "install_slurm.sh"))
 _SBIN = ("/usr/sbin", "/sbin", "/usr/bin")
 
 
@@ -121,9 +122,10 @@ class Cluster:
         _wait_for(self._node_is_idle, 60, "the Slurm node did not become idle", logs)
 
     def _start(self, command):
-        log = open(os.path.join(self.directory, os.path.basename(command[0]) + ".out"), "w")
-        self._daemons.append(subprocess.Popen(command, env=self.environment(), stdout=log,
-                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        with open(os.path.join(self.directory, os.path.basename(command[0]) + ".out"), "w") as log:
+            self._daemons.append(subprocess.Popen(command, env=self.environment(), stdout=log,
+                                                  stderr=subprocess.STDOUT,
+                                                  stdin=subprocess.DEVNULL))
 
     def _node_is_idle(self):
         for daemon in self._daemons:
@@ -155,5 +157,4 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     daemon.kill()
                     daemon.wait(timeout=10)
-            daemon.stdout.close() if daemon.stdout else None
         self._daemons = []
