@@ -14,7 +14,8 @@
 #                ILSVRC2012_img_val.tar with val_labels.txt (one synset per line), or val/ in
 #                synset folders (val_labels.txt is then not used); optional
 #                imagenet_metadata.txt and bboxes/ or ILSVRC2012_bbox_train_v2.tar.gz.
-#   NUM_GPUS     GPUs to use (default: all that `nvidia-smi -L` lists; 0 trains on the CPU).
+#   NUM_GPUS     GPUs to use (default: all that `nvidia-smi -L` lists, under Slurm all the task was
+#                given; -1 every GPU this task sees; 0 trains on the CPU). Numbers must be digits.
 #   WORKER_HOSTS, TASK_INDEX   one worker of a multi-machine job (host:port,host:port and this
 #                machine's index; index 0 is the chief); every worker runs the same command.
 #   TASK_TYPE=evaluator   with WORKER_HOSTS: this machine evaluates each new checkpoint instead.
