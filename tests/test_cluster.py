@@ -19,6 +19,7 @@ from official.utils.errors import PipelineError
 from official.xception import imagenet_main
 from official.xception import xception_flags
 from tests import process_fixtures
+from tests import record_fixtures
 
 
 @pytest.fixture(autouse=True)
@@ -289,6 +290,22 @@ def test_num_gpus_zero_means_the_cpu_on_a_machine_with_a_gpu(one_fake_gpu):
     all_gpus = imagenet_main.make_placement("mirrored", -1, 1, None, {})
     assert "GPU" not in imagenet_main.make_run_config(_flags(), all_gpus).session_config.device_count
     assert imagenet_main.make_model_config(_flags(), 8).data_format == "channels_first"
+
+
+def test_a_batch_that_does_not_divide_by_the_tasks_stops_before_joining_them(tmp_path):
+    # The other task is never started: the one line comes before any wait for it.
+    record_fixtures.write_labelled_split(str(tmp_path), "train", [1, 2], num_shards=1)
+    record_fixtures.write_labelled_split(str(tmp_path), "validation", [1], num_shards=1)
+    own, other = (f"127.0.0.1:{port}" for port in process_fixtures.free_ports(2))
+    flag_values = _flags(data_dir=tmp_path, model_dir=tmp_path / "model", num_gpus=0,
+                         batch_size=3, worker_hosts=f"{own},{other}", task_index=0,
+                         distribution_strategy="multi_worker_mirrored", peer_timeout_secs=60,
+                         num_classes=2, train_examples=2, eval_examples=1)
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=r"^--batch_size=3 is the global batch and must divide "
+                                            r"evenly by the 2 training tasks: use a multiple of 2$"):
+        imagenet_main.run(flag_values)
+    assert time.monotonic() - started < 30
 
 
 if __name__ == "__main__":
