@@ -14,7 +14,8 @@
 #                ILSVRC2012_img_val.tar with val_labels.txt (one synset per line), or val/ in
 #                synset folders (val_labels.txt is then not used); optional
 #                imagenet_metadata.txt and bboxes/ or ILSVRC2012_bbox_train_v2.tar.gz.
-#   NUM_GPUS     GPUs to use (default: all that `nvidia-smi -L` lists; 0 trains on the CPU).
+#   NUM_GPUS     GPUs to use (default: all that `nvidia-smi -L` lists, under Slurm all the task was
+#                given; -1 every GPU this task sees; 0 trains on the CPU). Numbers must be digits.
 #   WORKER_HOSTS, TASK_INDEX   one worker of a multi-machine job (host:port,host:port and this
 #                machine's index; index 0 is the chief); every worker runs the same command.
 #   TASK_TYPE=evaluator   with WORKER_HOSTS: this machine evaluates each new checkpoint instead.
@@ -39,6 +40,13 @@ step() {
 
 has_shards() {
     compgen -G "$1/train-*-of-*" >/dev/null && compgen -G "$1/validation-*-of-*" >/dev/null
+}
+
+# Environment values are data: checked against a pattern before any use, never evaluated (bash
+# arithmetic would run a value like a[$(cmd)0] as a command).
+check_count() {
+    local name="$1" value="$2" what="$3"
+    [[ "$value" =~ ^[0-9]{1,6}$ ]] || die "$name=$value is not $what (digits, e.g. ${4:-0})"
 }
 
 latest_export() {
@@ -175,6 +183,9 @@ run_real() {
         worker|evaluator) ;;
         *) die "TASK_TYPE=$TASK_TYPE must be worker or evaluator" ;;
     esac
+    [[ -z "${TASK_INDEX:-}" ]] || check_count TASK_INDEX "$TASK_INDEX" "a task index"
+    [[ -z "${SLURM_STEP_NUM_TASKS:-}" ]] || check_count SLURM_STEP_NUM_TASKS "$SLURM_STEP_NUM_TASKS" "a number of tasks" 2
+    [[ -z "${SLURM_PROCID:-}" ]] || check_count SLURM_PROCID "$SLURM_PROCID" "a task rank"
     if [[ -n "${WORKER_HOSTS:-}" ]]; then
         cluster=(--distribution_strategy=multi_worker_mirrored --worker_hosts="$WORKER_HOSTS")
         if [[ "${TASK_TYPE:-worker}" == evaluator ]]; then
@@ -199,16 +210,18 @@ run_real() {
     local found
     found="$(count_gpus)"
     local gpus="${NUM_GPUS:-$found}"
-    [[ "$gpus" =~ ^[0-9]+$ ]] || die "NUM_GPUS=$gpus is not a number"
+    # -1: every GPU this task sees (as imagenet_main's --num_gpus documents).
+    [[ "$gpus" =~ ^(-1|[0-9]{1,4})$ ]] || die "NUM_GPUS=$gpus is not a number of GPUs (digits, or -1 for every GPU this task sees)"
     # An evaluator's NUM_GPUS is each training task's (it sets the batch); it evaluates on one device.
     if (( gpus > found )) && [[ "$role" != evaluator* ]]; then
         die "NUM_GPUS=$gpus requested but nvidia-smi -L lists $found GPU(s) on $(hostname); check the driver and CUDA_VISIBLE_DEVICES, or set NUM_GPUS=0 to train on the CPU"
     fi
-    (( gpus > 0 )) || echo "warning: no GPUs found; training on the CPU will be very slow" >&2
-    # Under Slurm the resolver shares out a node's GPUs among its tasks; each uses all it is given.
+    (( gpus != 0 )) || echo "warning: no GPUs found; training on the CPU will be very slow" >&2
+    # Under Slurm each task uses every GPU Slurm gave it (its own CUDA_VISIBLE_DEVICES).
     [[ " ${cluster[*]} " != *" --slurm_cluster "* || -n "${NUM_GPUS:-}" ]] || gpus=-1
 
-    mkdir -p "$MODEL_DIR"
+    [[ ! -e "$MODEL_DIR" || -d "$MODEL_DIR" ]] || die "MODEL_DIR=$MODEL_DIR exists and is not a directory: point MODEL_DIR at a directory (checkpoints, logs and exports go there)"
+    mkdir -p "$MODEL_DIR" 2>/dev/null || die "MODEL_DIR=$MODEL_DIR cannot be created: check the path and its permissions"
     local log="$MODEL_DIR/run${role:+-$role}.log" output
     output="$(mktemp)"
     trap "rm -f '$output'" EXIT

@@ -21,6 +21,7 @@ from official.utils.errors import PipelineError
 from official.xception import imagenet_main
 from official.xception import xception_flags
 from tests import process_fixtures
+from tests import record_fixtures
 
 
 @pytest.fixture(autouse=True)
@@ -175,6 +176,50 @@ def test_slurm_cluster_is_what_tensorflows_resolver_gives(monkeypatch, rank, nod
                      else {"type": "worker", "index": int(rank) - 1})
     assert tf_config["task"] == expected_task
     assert json.loads(os.environ["TF_CONFIG"]) == tf_config
+
+
+def _slurm_step(monkeypatch, rank, nodes, tasks_per_node, tasks):
+    for name, value in (("PROCID", rank), ("STEP_NUM_TASKS", str(tasks)),
+                        ("STEP_NODELIST", nodes), ("STEP_TASKS_PER_NODE", tasks_per_node)):
+        monkeypatch.setenv("SLURM_" + name, value)
+
+
+@pytest.mark.parametrize("visible", ["4,5", "3", "1,0"])
+def test_slurm_tasks_keep_the_gpus_slurm_gave_them(monkeypatch, visible):
+    # Two tasks on each of two nodes, one or two GPUs each: TensorFlow's resolver would renumber
+    # 4,5 as 0,1 and fail on one GPU per task (range() arg 3 must not be zero).
+    _slurm_step(monkeypatch, "1", "n[1-2]", "2(x2)", 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    tf_config = imagenet_main.configure_cluster(None, None, slurm_port=7000)
+    assert tf_config["task"] == {"type": "worker", "index": 0}
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == visible
+
+
+def test_slurm_tasks_sharing_a_node_without_their_own_gpus_is_a_one_line_error(monkeypatch,
+                                                                                tmp_path):
+    # A node whose driver lists two GPUs (nvidia-smi -L's format) and no CUDA_VISIBLE_DEVICES.
+    nvidia_smi = tmp_path / "nvidia-smi"
+    nvidia_smi.write_text("#!/bin/sh\necho 'GPU 0: A100 (UUID: GPU-0)'\n"
+                          "echo 'GPU 1: A100 (UUID: GPU-1)'\n")
+    nvidia_smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _slurm_step(monkeypatch, "0", "n1,n2", "2,1", 3)
+    with pytest.raises(PipelineError, match=r"several tasks share a node .* all 2 GPU\(s\) .*"
+                                            "--gpus-per-task"):
+        imagenet_main.configure_cluster(None, None, slurm_port=7000)
+    _slurm_step(monkeypatch, "0", "n1,n2", "1(x2)", 2)  # one task per node: all its GPUs are its own
+    assert imagenet_main.configure_cluster(None, None, slurm_port=7000)["task"]["type"] == "chief"
+
+
+@pytest.mark.parametrize("name, value", [("PROCID", "a[$(touch x)0]"), ("STEP_NUM_TASKS", "2 "),
+                                         ("STEP_TASKS_PER_NODE", "2(x2")])
+def test_malformed_slurm_values_are_one_line_errors(monkeypatch, name, value):
+    _slurm_step(monkeypatch, "0", "n[1-2]", "2(x2)", 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("SLURM_" + name, value)
+    with pytest.raises(PipelineError, match=f"SLURM_{name}=.* start each task with srun"):
+        imagenet_main.configure_cluster(None, None, slurm_port=7000)
 
 
 def test_slurm_outside_a_job_step_is_a_one_line_error(monkeypatch):

@@ -1,7 +1,7 @@
 """Mixed precision through imagenet_main on {one device, two CPU replicas} x {fp32, bf16}: training,
 evaluation on the averages of every trainable variable (by count in the log and by value against the
-export) and export; and the fp16 training graph with loss scaling on two replicas (CPU has no float16 convolution
-kernels to run it)."""
+export) and export, also for fp16 with its dynamic loss scale (TensorFlow 2.15 runs float16
+convolutions and batch norm on the CPU); an fp16 step whose gradients overflow is skipped."""
 
 import dataclasses
 import os
@@ -33,7 +33,7 @@ AVERAGES_LINE = {
 }
 # Logits of the Estimator (computing in the training dtype) against the float32 export, relative to the
 # largest logit (or 1); bf16 differs by about 1% here.
-TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2}
+TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def _nll(logits, labels):
 
 @pytest.mark.parametrize("dtype, replicas, average_statistics", [
     ("fp32", 1, False), ("fp32", 2, False), ("bf16", 1, False), ("bf16", 2, False),
-    ("bf16", 2, True),
+    ("bf16", 2, True), ("fp16", 1, False), ("fp16", 2, False),
 ])
 def test_trains_evaluates_on_the_averages_of_every_weight_and_exports(data_dir, tmp_path, caplog,
                                                                        dtype, replicas,
@@ -101,6 +101,9 @@ def test_trains_evaluates_on_the_averages_of_every_weight_and_exports(data_dir, 
     assert results[model_fn_lib.EVAL_EXAMPLES_KEY] == EVAL_EXAMPLES
     assert any(AVERAGES_LINE[average_statistics] in record.getMessage()
                for record in caplog.records)
+    # fp16 trains with a dynamic loss scale (TensorFlow's default start, 2**15), in the summaries.
+    loss_scales = [float(value) for _, value in _summaries(tmp_path / "model", "loss_scale")]
+    assert loss_scales == ([2.0 ** 15] if dtype == "fp16" else []), loss_scales
     (version,) = os.listdir(tmp_path / "export")
     exported = tf.saved_model.load(str(tmp_path / "export" / version))
 
@@ -128,46 +131,70 @@ def test_trains_evaluates_on_the_averages_of_every_weight_and_exports(data_dir, 
                       rel=TOLERANCE[dtype])
 
 
-class _GraphBuilt(Exception):
-    pass
+def _summaries(model_dir, tag):
+    """(step, value) of every scalar summary `tag` the training wrote into `model_dir`."""
+    values = []
+    for path in tf.io.gfile.glob(os.path.join(str(model_dir), "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            values += [(event.step, tf.make_ndarray(value.tensor) if value.HasField("tensor")
+                        else value.simple_value)
+                       for value in event.summary.value if value.tag == tag]
+    return values
 
 
-class _StopBeforeRunning(tf.estimator.SessionRunHook):
-    """Keeps the finished training graph and stops before any session runs it."""
-
-    graph = None
+class _OneStepWatched(tf.estimator.SessionRunHook):
+    """Reads every global variable before and after the first training step, then stops (a skipped
+    step does not advance the global step, so `steps=1` would train on until one is applied)."""
 
     def begin(self):
-        self.graph = tf.compat.v1.get_default_graph()
-        raise _GraphBuilt()
+        # Read ops made now: the graph is final once the session exists.
+        self._variables = {variable.op.name: tf.identity(variable)
+                           for variable in tf.compat.v1.global_variables()}
+        self.before = self.after = None
+
+    def after_create_session(self, session, coord):
+        del coord
+        self.before = session.run(self._variables)
+
+    def after_run(self, run_context, run_values):
+        del run_values
+        self.after = run_context.session.run(self._variables)
+        run_context.request_stop()
 
 
-def test_fp16_training_graph_with_loss_scaling_builds_on_two_replicas(tmp_path):
+def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_halves_the_loss_scale(tmp_path):
+    # A dynamic loss scale of 2**100 is finite in float32 (where the loss is) but makes every
+    # float16 gradient infinite: the step must change no weight and halve the scale.
     flag_values = _flags(model_dir=tmp_path, use_synthetic_data=True, num_cpu_replicas=2,
-                         average_batch_norm_statistics=True)
+                         dtype="fp16", moving_average_decay=0.0)
     placement = imagenet_main.make_placement("mirrored", 0, 2, None, {})
-    # make_model_config refuses fp16 without a GPU, before anything runs.
     model_config = dataclasses.replace(
-        imagenet_main.make_model_config(flag_values, flag_values.batch_size), compute_dtype="float16")
+        imagenet_main.make_model_config(flag_values, flag_values.batch_size),
+        initial_loss_scale=2.0 ** 100)
     estimator = tf.estimator.Estimator(
         model_fn_lib.model_fn, config=imagenet_main.make_run_config(flag_values, placement),
         params={"model_config": model_config, "model_builder": tiny_network.tiny_network})
-    hook = _StopBeforeRunning()
-    with pytest.raises(_GraphBuilt):
-        estimator.train(lambda: input_pipeline.synthetic_input_fn(
-            True, 2, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES, dtype=tf.float16),
-                        steps=1, hooks=[hook])
-    with hook.graph.as_default():
-        names = {v.op.name for v in tf.compat.v1.global_variables()}
+    watched = _OneStepWatched()
+    estimator.train(lambda: input_pipeline.synthetic_input_fn(
+        True, 2, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES, dtype=tf.float16), hooks=[watched])
+
+    (scale,) = [name for name in watched.before if name.endswith("current_loss_scale")]
+    assert watched.before[scale] == 2.0 ** 100 and watched.after[scale] == 2.0 ** 99
     with tf.Graph().as_default():
         model = tiny_network.tiny_network(num_classes=NUM_CLASSES, image_size=IMAGE_SIZE)
-        trainable = {v.op.name for v in model.trainable_variables}
-        everything = {v.op.name for v in model.weights}
-    assert "current_loss_scale" in names
-    assert {name + "/Momentum" for name in trainable} <= names
-    assert {name + "/ExponentialMovingAverage" for name in everything} <= names
-    convolutions = [op for op in hook.graph.get_operations() if op.type == "Conv2D"]
-    assert convolutions and all(op.get_attr("T") == tf.float16 for op in convolutions)
+        trained = [w.op.name for w in model.trainable_weights]
+        statistics = [w.op.name for w in model.non_trainable_weights]
+    unchanged = trained + [name + "/Momentum" for name in trained] + ["global_step"]
+    assert set(unchanged + statistics) <= set(watched.before)
+    for name in unchanged:
+        np.testing.assert_array_equal(watched.after[name], watched.before[name], err_msg=name)
+    # Batch norm's moving statistics come from the forward pass, which was finite (the loss is
+    # checked): they take the batch in, as on any step.
+    for name in statistics:
+        assert np.isfinite(watched.after[name]).all(), name
+    # The scale the step used is in the summaries.
+    assert (0, 2.0 ** 100) in [(step, float(value))
+                               for step, value in _summaries(tmp_path, "loss_scale")]
 
 
 if __name__ == "__main__":

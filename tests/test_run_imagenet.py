@@ -85,6 +85,47 @@ def test_failure_paths_print_one_clear_line(tmp_path, env, message):
     assert "Traceback" not in result.stderr
 
 
+INJECTED = "a[$(touch {tmp}/ran)0]"
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("SLURM_STEP_NUM_TASKS", INJECTED, "is not a number of tasks"),
+    ("SLURM_STEP_NUM_TASKS", "abc", "is not a number of tasks"),
+    ("SLURM_PROCID", INJECTED, "is not a task rank"),
+    ("TASK_INDEX", INJECTED, "is not a task index"),
+    ("NUM_GPUS", INJECTED, "is not a number of GPUs"),
+    ("NUM_GPUS", "-2", "is not a number of GPUs"),
+    ("NUM_GPUS", "1e3", "is not a number of GPUs"),
+])
+def test_environment_values_are_data_never_evaluated(tmp_path, name, value, message):
+    shards = tmp_path / "shards"
+    record_fixtures.write_labelled_split(str(shards), "train", [1], num_shards=1)
+    record_fixtures.write_labelled_split(str(shards), "validation", [1], num_shards=1)
+    value = value.format(tmp=tmp_path)
+    env = {"DATA_DIR": str(shards), "MODEL_DIR": str(tmp_path / "model"), name: value}
+    if name == "SLURM_PROCID":
+        env["SLURM_STEP_NUM_TASKS"] = "2"
+    result = _run(env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {name}={value} {message} (digits"), lines
+    assert not (tmp_path / "ran").exists()  # the command substitution never ran
+    assert not (tmp_path / "model").exists()  # nothing was started
+
+
+def test_a_model_dir_that_is_a_file_is_one_line(tmp_path):
+    shards = tmp_path / "shards"
+    record_fixtures.write_labelled_split(str(shards), "train", [1], num_shards=1)
+    record_fixtures.write_labelled_split(str(shards), "validation", [1], num_shards=1)
+    (tmp_path / "model").write_text("not a folder")
+    result = _run({"DATA_DIR": str(shards), "MODEL_DIR": str(tmp_path / "model"), "NUM_GPUS": "0"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: MODEL_DIR={tmp_path}/model exists and is not a directory: point MODEL_DIR at a "
+        "directory (checkpoints, logs and exports go there)")
+    assert (tmp_path / "model").read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("validation_layout", ["flat", "class_folders"])
 def test_raw_dir_takes_both_validation_layouts(tmp_path, validation_layout):
     raw = tmp_path / "raw"

@@ -9,23 +9,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tools/venv.sh
 
 if ! command -v bazel >/dev/null 2>&1; then
-    if ! command -v apt-get >/dev/null 2>&1; then
+    installed=0
+    tools/apt_install.sh bazel-bootstrap || installed=$?
+    if (( installed == 2 )); then
         echo "skipping bazel test: bazel is not installed and apt-get is unavailable to install Debian's bazel-bootstrap (install Bazel 4.2.3 to run it)" >&2
         exit 0
     fi
-    if [[ "$(id -u)" != 0 ]]; then
-        echo "error: bazel is not installed; install it with \`sudo apt-get install bazel-bootstrap\` and rerun" >&2
-        exit 1
-    fi
-    echo "Installing Debian's bazel-bootstrap with apt-get ..." >&2
-    apt_log="$(mktemp)"
-    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -q \
-            && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bazel-bootstrap; } >"$apt_log" 2>&1; then
-        tail -n 20 "$apt_log" >&2
-        echo "error: apt-get could not install bazel-bootstrap (its messages are above)" >&2
-        exit 1
-    fi
-    rm -f "$apt_log"
+    (( installed == 0 )) || exit 1
     if ! command -v bazel >/dev/null 2>&1; then
         echo "error: apt-get installed bazel-bootstrap but no \`bazel\` is on PATH ($PATH)" >&2
         exit 1

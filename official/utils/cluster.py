@@ -142,36 +142,62 @@ def tf_config_from_hosts(worker_hosts, task_index, task_type="worker"):
     return {"cluster": cluster, "task": task}
 
 
-def _slurm_gpus_per_node():
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([device for device in visible.split(",") if device.strip()])
+def _most_tasks_on_a_node(tasks_per_node):
+    """The largest count in Slurm's SLURM_STEP_TASKS_PER_NODE, e.g. 2 for "2(x3),1"."""
+    counts = re.findall(r"(\d+)(?:\(x\d+\))?(?:,|$)", tasks_per_node)
+    if not counts or ",".join(f"{count}" for count in counts) != re.sub(r"\(x\d+\)", "",
+                                                                        tasks_per_node):
+        raise PipelineError(f"--slurm_cluster: SLURM_STEP_TASKS_PER_NODE={tasks_per_node!r} is not "
+                            "Slurm's list of task counts (e.g. 2(x3),1): start each task with srun")
+    return max(int(count) for count in counts)
+
+
+def _nvidia_smi_gpus():
     if not shutil.which("nvidia-smi"):
         return 0
     listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
     return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
 
 
+def _check_own_gpus(tasks_per_node):
+    """Raises PipelineError where the tasks of a node would all take all of its GPUs: Slurm gave
+    them no CUDA_VISIBLE_DEVICES of their own."""
+    if _most_tasks_on_a_node(tasks_per_node) < 2 or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    gpus = _nvidia_smi_gpus()
+    if gpus:
+        raise PipelineError(
+            f"--slurm_cluster: several tasks share a node ({tasks_per_node} per node) and Slurm set "
+            f"no CUDA_VISIBLE_DEVICES, so each would use all {gpus} GPU(s) of its node: ask srun for "
+            "--gpus-per-task=N (or run one task per node)")
+
+
 def tf_config_from_slurm(port):
     """TF_CONFIG for this task of a Slurm job step (srun), through TensorFlow's SlurmClusterResolver:
     Slurm task 0 is the chief, the others are workers; a node's tasks listen on port, port+1, ...
-    With GPUs, each task of a node gets its share of them (CUDA_VISIBLE_DEVICES)."""
+
+    Each task uses the GPUs Slurm gave it (its CUDA_VISIBLE_DEVICES, untouched): the resolver's own
+    GPU sharing would renumber them (4,5 becomes 0,1, another job's GPUs without device cgroups) and
+    cannot share one GPU among fewer than one task each, so it is handed one pretend device per task
+    and told not to set any.
+    """
     missing = [name for name in ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST",
                                  "SLURM_STEP_TASKS_PER_NODE") if name not in os.environ]
     if missing:
         raise PipelineError(f"--slurm_cluster: {', '.join(missing)} not set: start each task "
                             "with srun inside the allocation (one task per node)")
+    for name in ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):
+        if not os.environ[name].isdigit():
+            raise PipelineError(f"--slurm_cluster: {name}={os.environ[name]!r} is not a number: "
+                                "start each task with srun")
     num_tasks = int(os.environ["SLURM_STEP_NUM_TASKS"])
+    _check_own_gpus(os.environ["SLURM_STEP_TASKS_PER_NODE"])
     jobs = {"chief": 1}
     if num_tasks > 1:
         jobs["worker"] = num_tasks - 1
-    gpus = _slurm_gpus_per_node()
-    # The resolver divides a node's GPUs among its tasks and cannot divide zero of them: on CPU
-    # nodes it gets one pretend GPU per task and leaves CUDA_VISIBLE_DEVICES alone.
-    devices = dict(gpus_per_node=gpus, auto_set_gpu=True) if gpus else dict(
-        gpus_per_node=num_tasks, gpus_per_task=1, auto_set_gpu=False)
     try:
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(jobs=jobs, port_base=port, **devices)
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            jobs=jobs, port_base=port, gpus_per_node=num_tasks, gpus_per_task=1, auto_set_gpu=False)
         cluster = resolver.cluster_spec().as_dict()
     except (RuntimeError, ValueError) as error:
         raise PipelineError(f"--slurm_cluster: {error}".replace("\n", " ")) from None

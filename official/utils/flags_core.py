@@ -58,7 +58,8 @@ def define_base(flag_values=flags.FLAGS):
 
 def define_performance(flag_values=flags.FLAGS):
     flags.DEFINE_enum("dtype", "fp32", list(DTYPES), "Compute type; variables stay float32. fp16 "
-                      "(GPU only) uses loss scaling; bf16 needs none.", flag_values=flag_values)
+                      "uses loss scaling (a step whose gradients overflow is skipped); bf16 needs "
+                      "none. Both run on CPUs too (slowly: for tests).", flag_values=flag_values)
     flags.DEFINE_string("loss_scale", None, "fp16 only: 'dynamic' (the default) or a number.",
                         flag_values=flag_values)
     flags.DEFINE_boolean("enable_xla", False, "XLA auto-clustering (GPU; much slower on CPU).",

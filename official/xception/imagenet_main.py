@@ -223,9 +223,6 @@ def training_cycle_ends(total_steps, steps_per_epoch, epochs_between_evals):
 def make_model_config(flags_obj, global_batch_size):
     compute_dtype = flags_core.DTYPES[flags_obj.dtype]
     has_gpu = flags_obj.num_gpus != 0 and bool(tf.config.list_physical_devices("GPU"))
-    if compute_dtype == "float16" and not has_gpu:
-        raise PipelineError("--dtype=fp16 needs a GPU (CPU kernels lack float16 convolutions); "
-                            "use --dtype=bf16 on CPU")
     if flags_obj.loss_scale is not None and compute_dtype != "float16":
         raise PipelineError("--loss_scale applies to --dtype=fp16 only")
     loss_scale = flags_obj.loss_scale or "dynamic"

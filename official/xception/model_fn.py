@@ -123,6 +123,9 @@ class ModelConfig:
     average_batch_norm_statistics: bool = False
     # float16 only: "dynamic" or a fixed number.
     loss_scale: Union[str, float] = "dynamic"
+    # float16 with a dynamic loss scale: where it starts (TensorFlow's default); it halves after each
+    # step whose gradients are not finite (that step is skipped) and doubles after 2000 good ones.
+    initial_loss_scale: float = 2.0 ** 15
     fine_tune: bool = False
     warm_start_checkpoint: Optional[str] = None
     # Full fine-tuning: the learning rate of the warm-started layers relative to the head's.
@@ -232,8 +235,15 @@ def make_optimizer(config, learning_rate):
             learning_rate, config.momentum, use_nesterov=config.optimizer == "nesterov")
     if config.compute_dtype == "float16":
         # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
+        if config.loss_scale == "dynamic":
+            loss_scale = tf.compat.v1.mixed_precision.DynamicLossScale(
+                initial_loss_scale=config.initial_loss_scale)
+        else:
+            loss_scale = tf.compat.v1.mixed_precision.FixedLossScale(config.loss_scale)
+        # A scale that keeps falling in TensorBoard means steps with overflowing gradients skipped.
+        tf.compat.v1.summary.scalar("loss_scale", loss_scale())
         optimizer = tf.compat.v1.mixed_precision.MixedPrecisionLossScaleOptimizer(
-            optimizer, config.loss_scale)
+            optimizer, loss_scale)
     return optimizer
 
 
