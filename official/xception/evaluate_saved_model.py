@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from official.utils import logging_setup
+from official.utils import record_schema
 from official.utils import run_safety
 from official.utils.errors import PipelineError
 from official.utils.progress import ProgressReporter
@@ -69,12 +70,11 @@ def _validation_index(filename):
     return int(match.group(1))
 
 
-def _read_records(files, skip_corrupt_records):
-    if not skip_corrupt_records:
-        return tf.data.TFRecordDataset(files)
-    # One reader per file, so that unreadable bytes end one file, not all.
+def _read_records(files, skip_corrupt_records, labels=None, label_hint=""):
+    """The records that pass record_schema, one reader per file (records are named by shard, and
+    skipped unreadable bytes end one file, not all)."""
     return tf.data.Dataset.from_tensor_slices(files).flat_map(
-        lambda path: tf.data.TFRecordDataset(path).ignore_errors())
+        lambda path: input_pipeline.checked_records(path, labels, skip_corrupt_records, label_hint))
 
 
 def _count_records(data_dir, files, skip_corrupt_records):
@@ -140,13 +140,19 @@ def evaluate(saved_model_dir, data_dir, *, batch_size=64, label_offset=None, bla
         return _evaluate_records(opened.serve, data_dir, files, num_classes, label_offset,
                                  batch_size, blacklist, progress_interval, skip_corrupt_records)
     except tf.errors.OpError as error:
+        message = input_pipeline.data_error_message(error)
+        if message:
+            raise PipelineError(f"bad record in --data_dir: {message}") from None
         shard_check.locate_or_raise(error, data_dir, splits=("validation",))
         raise
 
 
 def _evaluate_records(serve, data_dir, files, num_classes, label_offset, batch_size, blacklist,
                       progress_interval, skip_corrupt_records):
-    records = _read_records(files, skip_corrupt_records).map(
+    hint = (f" of this {num_classes}-class export with label offset {label_offset} (labels "
+            f"{label_offset}..{label_offset + num_classes - 1}): check --label_offset")
+    records = _read_records(files, skip_corrupt_records,
+                            record_schema.LabelRange(label_offset, num_classes), hint).map(
         lambda record: tf.io.parse_single_example(record, _RECORD_FEATURES),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     records = records.batch(batch_size).prefetch(2)
@@ -165,12 +171,6 @@ def _evaluate_records(serve, data_dir, files, num_classes, label_offset, batch_s
         if not keep.any():
             continue
         labels = batch["image/class/label"][keep] - label_offset
-        if labels.min() < 0 or labels.max() >= num_classes:
-            bad = int(batch["image/class/label"][keep][(labels < 0) | (labels >= num_classes)][0])
-            raise PipelineError(
-                f"a record in {data_dir} has label {bad}, outside [{label_offset}, "
-                f"{label_offset + num_classes}) for this {num_classes}-class export with "
-                f"label offset {label_offset}: check --label_offset")
         try:
             logits = serve(image_bytes=tf.constant(batch["image/encoded"][keep]))["logits"]
         except tf.errors.InvalidArgumentError:
