@@ -12,7 +12,6 @@ split sizes from it, and the export names its classes, as with data_prep's own s
 import collections
 import json
 import os
-import re
 import sys
 
 from absl import app
@@ -30,7 +29,7 @@ SUMMARY_NAME = "build_summary.json"
 # Marks a summary written here, so that readers know the shards were not built by data_prep.
 BUILT_BY = "describe_shards"
 SPLITS = ("train", "validation")
-_SHARD_NAME = re.compile(r"^(train|validation)-(\d+)-of-(\d+)$")
+_SHARD_NAME = record_schema.SHARD_NAME
 _READ_BUFFER_BYTES = 8 * 1024 * 1024
 
 def list_shards(data_dir):
@@ -43,6 +42,7 @@ def list_shards(data_dir):
     for name in sorted(names):
         match = _SHARD_NAME.match(name)
         if match:
+            record_schema.check_regular_file(os.path.join(data_dir, name))
             shards[match.group(1)].append(os.path.join(data_dir, name))
             totals[match.group(1)].add(int(match.group(3)))
     for split, split_totals in totals.items():
@@ -178,6 +178,9 @@ def write_summary(data_dir, summary, overwrite=False):
             output.write(json.dumps(summary, indent=1, ensure_ascii=False))
         tf.io.gfile.rename(temporary, path, overwrite=True)
     except (tf.errors.OpError, OSError) as error:
+        # A partial temporary file is of no use to anyone (a later run writes it anew).
+        if tf.io.gfile.exists(temporary):
+            tf.io.gfile.remove(temporary)
         raise PipelineError(f"cannot write {path}: {getattr(error, 'message', error)}") from None
     return path
 

@@ -212,6 +212,16 @@ def read_only_dir(tmp_path):
     (dict(seed=-1), "--seed=-1: must be an integer >= 0"),
     (dict(eval_central_fraction=0), "--eval_central_fraction: "),
     (dict(eval_central_fraction=1.5), "--eval_central_fraction: "),
+    # Every float flag is finite, every number in its range (flags_core.set_ranges).
+    (dict(base_learning_rate="nan"), r"--base_learning_rate=nan: must be a positive finite number"),
+    (dict(base_learning_rate="inf"), r"--base_learning_rate=inf: must be a positive finite number"),
+    (dict(momentum="nan"), r"--momentum=nan: must be a finite number in \[0, 1\)"),
+    (dict(weight_decay="inf"), r"--weight_decay=inf: must be a finite number >= 0"),
+    (dict(peer_timeout_secs="nan"), r"--peer_timeout_secs=nan: must be a positive finite number"),
+    (dict(eval_throttle_secs="inf"), r"--eval_throttle_secs=inf: must be a finite number >= 0"),
+    (dict(image_size=100000), r"--image_size=100000: must be an integer in \[71, 2048\]"),
+    (dict(batch_size=0), r"--batch_size=0: must be an integer >= 1"),
+    (dict(num_gpus=-2), r"--num_gpus=-2: must be an integer >= -1"),
 ])
 def test_bad_numbers_fail_in_one_line_before_anything_is_written(tmp_path, values, message):
     data_dir = _write_data(tmp_path / "data")

@@ -1,4 +1,4 @@
-"""The record schema of docs/DESIGN.md §3.2 and the one rule every reader applies to a record.
+"""The shards and records of docs/DESIGN.md §3 and the one rule every reader applies to them.
 
 Training, evaluation, evaluate_saved_model, verify_shards and data_prep.describe_shards all call
 `record_problem` on each serialized record before using it, so that what verify_shards passes is
@@ -7,10 +7,19 @@ record that is not an Example (which Python then fails to decode, hiding the sha
 box lists of different lengths that only fail later, unnamed, in the crop.
 """
 
+import os
+import re
+import stat
 from typing import Optional
 
 from google.protobuf.message import DecodeError
 import tensorflow as tf
+
+from official.utils.errors import PipelineError
+
+# The names data_prep and the established tools give shards (§3.1); a copy with a suffix or a
+# temporary file matching the glob is not a shard.
+SHARD_NAME = re.compile(r"^(train|validation)-(\d+)-of-(\d+)$")
 
 IMAGE_KEY = "image/encoded"
 LABEL_KEY = "image/class/label"
@@ -25,6 +34,21 @@ _REQUIRED_SINGLE = (IMAGE_KEY, LABEL_KEY)  # exactly one value each
 _OPTIONAL_SINGLE = (SYNSET_KEY, TEXT_KEY)  # none or one value each
 
 LABEL_PROBLEM = "image/class/label"  # how every label-range problem starts
+
+
+def check_regular_file(path):
+    """Raises PipelineError when the local `path` named like a shard is not a regular file (reading
+    a FIFO would wait forever, a directory fails unnamed)."""
+    if "://" in path:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise PipelineError(f"{path} cannot be read ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise PipelineError(f"{path} is named like a shard but is {kind}: move it out of the "
+                            "directory of shards")
 
 
 class LabelRange:

@@ -1,7 +1,6 @@
 """What lets a long run fail in one line before any work, and never run twice into one directory.
 
-- check_int_at_least, check_positive_finite, writable_directory, writable_file: flag values and
-  output locations, checked before anything is read or written.
+- writable_directory, writable_file: output locations, checked before anything is read or written.
 - lock_model_dir: one training process per model directory and task, so that a launcher restarted
   while the first run still trains cannot write checkpoints over it.
 - io_error_message: a full disk or a file-size limit named as such, with the directory it hit.
@@ -9,7 +8,6 @@
 
 import errno
 import fcntl
-import math
 import os
 import socket
 import time
@@ -29,16 +27,6 @@ _HELD_LOCKS = {}
 
 def is_local_path(path):
     return "://" not in path
-
-
-def check_int_at_least(value, flag, minimum):
-    if value is not None and not minimum <= value < 2 ** 63:
-        raise PipelineError(f"--{flag}={value}: must be an integer >= {minimum} (and below 2**63)")
-
-
-def check_positive_finite(value, flag):
-    if not math.isfinite(value) or value <= 0:
-        raise PipelineError(f"--{flag}={value}: must be a positive finite number")
 
 
 def writable_directory(path, flag):

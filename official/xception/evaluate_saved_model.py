@@ -11,7 +11,6 @@ each record's `image/filename` (ILSVRC2012_val_00000001.JPEG -> 1).
 """
 
 import csv
-import json
 import os
 import re
 import sys
@@ -21,6 +20,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from official.utils import dataset_info
 from official.utils import logging_setup
 from official.utils import record_schema
 from official.utils import run_safety
@@ -80,14 +80,12 @@ def _read_records(files, skip_corrupt_records, labels=None, label_hint=""):
 def _count_records(data_dir, files, skip_corrupt_records):
     """The validation record count: from data_prep's build_summary.json, else (or for an incomplete
     set of shards) by reading the shards (at disk speed, a small fraction of the evaluation itself)."""
-    try:
-        if len(files) != input_pipeline.shard_set_size(files[0]):
-            raise ValueError("the summary counts the whole set")
-        with open(os.path.join(data_dir, "build_summary.json"), encoding="utf-8") as handle:
-            return int(json.load(handle)["splits"]["validation"]["images_written"])
-    except (OSError, KeyError, TypeError, ValueError):
-        records = _read_records(files, skip_corrupt_records)
-        return int(records.reduce(np.int64(0), lambda count, _: count + 1))
+    if len(files) == input_pipeline.shard_set_size(files[0]):  # the summary counts the whole set
+        info = dataset_info.read_dataset_info(data_dir)
+        if info is not None and info.eval_examples is not None:
+            return info.eval_examples
+    records = _read_records(files, skip_corrupt_records)
+    return int(records.reduce(np.int64(0), lambda count, _: count + 1))
 
 
 def _serve_skipping_corrupt(serve, images):

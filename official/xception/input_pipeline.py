@@ -31,9 +31,7 @@ VALIDATION_PATTERN = "validation-*-of-*"
 _TRAIN_CYCLE_LENGTH = 16
 _READ_BUFFER_BYTES = 8 * 1024 * 1024
 
-# The names data_prep and the established tools give shards; anything else matching the glob (a
-# copy with a suffix, a temporary file) is not a shard.
-_SHARD_NAME = re.compile(r"^(?:train|validation)-(\d+)-of-(\d+)$")
+_SHARD_NAME = record_schema.SHARD_NAME
 
 # Starts the message of a record that breaks the schema (record_schema.record_problem), so that it
 # can be found again in the error tf.data raises around it.
@@ -61,7 +59,7 @@ def _check_positive_int(value, name):
 
 def shard_set_size(path):
     """N of a shard named `{split}-%05d-of-N`."""
-    return int(_SHARD_NAME.match(os.path.basename(path)).group(2))
+    return int(_SHARD_NAME.match(os.path.basename(path)).group(3))
 
 
 def _incomplete_hint(data_dir):
@@ -86,7 +84,7 @@ def _check_complete(files, pattern, data_dir, allow_incomplete):
             f"files matching {pattern} come from shard sets of different sizes "
             f"({', '.join(str(total) for total in sorted(totals))}): keep one set in --data_dir")
     total = totals.pop()
-    present = {int(_SHARD_NAME.match(os.path.basename(path)).group(1)) for path in files}
+    present = {int(_SHARD_NAME.match(os.path.basename(path)).group(2)) for path in files}
     missing = sorted(set(range(total)) - present)
     if missing and not allow_incomplete:
         first = os.path.basename(files[0]).split("-")[0] + "-%05d-of-%05d" % (missing[0], total)
@@ -115,6 +113,8 @@ def list_input_files(data_dir, is_training, input_context=None, allow_incomplete
         raise PipelineError(
             f"no files match {pattern}: point --data_dir at the directory of TFRecord shards that "
             "data_prep writes (train-00000-of-01024, validation-00000-of-00128, ...)")
+    for path in files:
+        record_schema.check_regular_file(path)
     _check_complete(files, pattern, data_dir, allow_incomplete_shards)
     if input_context is None or input_context.num_input_pipelines == 1:
         return files
