@@ -106,7 +106,7 @@ def test_a_damaged_saved_model_is_one_line(exported, validation, tmp_path):
 def test_batch_size_zero_is_one_line(exported, validation):
     finished = _main(f"--saved_model_dir={exported['path']}", f"--data_dir={validation}",
                      "--batch_size=0")
-    _assert_one_line_error(finished, "--batch_size=0: must be at least 1")
+    _assert_one_line_error(finished, "--batch_size=0: must be an integer >= 1")
 
 
 def test_blacklist_with_a_byte_order_mark_is_read_and_a_binary_one_refused(tmp_path):

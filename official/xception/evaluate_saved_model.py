@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from official.utils import dataset_info
+from official.utils import flags_core
 from official.utils import logging_setup
 from official.utils import record_schema
 from official.utils import run_safety
@@ -230,6 +231,7 @@ def define_flags():
     flags.DEFINE_boolean("skip_corrupt_records", False, "Leave out (and count) records whose bytes "
                          "do not read or whose image does not decode, instead of stopping.")
     flags.mark_flags_as_required(["saved_model_dir", "data_dir"])
+    flags_core.set_ranges({"batch_size": flags_core.AT_LEAST_1, "label_offset": flags_core.AT_LEAST_0})
 
 
 def main(argv):
@@ -237,8 +239,9 @@ def main(argv):
     flag_values = flags.FLAGS
     logging_setup.log_through_absl_only()
     try:
-        if flag_values.batch_size < 1:
-            raise PipelineError(f"--batch_size={flag_values.batch_size}: must be at least 1")
+        problem = flags_core.check_numeric_flags(flag_values)
+        if problem:
+            raise PipelineError(problem)
         if flag_values.per_class_csv:
             run_safety.writable_file(flag_values.per_class_csv, "--per_class_csv")
         blacklist = read_blacklist(flag_values.blacklist_file) if flag_values.blacklist_file else set()
