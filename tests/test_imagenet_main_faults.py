@@ -133,11 +133,17 @@ def test_a_second_training_on_the_same_model_dir_is_refused_until_the_first_dies
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-    # The kernel released the killed run's lock: training resumes (from wherever the first got to).
+    # What a kill during a save leaves (the saver's shards before their rename), for sure.
+    leftover = model_dir / "model.ckpt-99_temp" / "part-00000-of-00001.data-00000-of-00001"
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"half a checkpoint")
+    # The kernel released the killed run's lock: training resumes (from wherever the first got to)
+    # and removes the leftovers.
     resumed_from = imagenet_main.checkpoint_step(str(model_dir))
     results = _run(data_dir=data_dir, model_dir=model_dir, max_train_steps=resumed_from + 2,
                    train_epochs=1000, epochs_between_evals=1000)
     assert results["global_step"] == resumed_from + 2
+    assert not any("_temp" in name for name in os.listdir(model_dir))
 
 
 def test_the_lock_is_per_cluster_task(tmp_path):

@@ -4,17 +4,23 @@
 - lock_model_dir: one training process per model directory and task, so that a launcher restarted
   while the first run still trains cannot write checkpoints over it.
 - io_error_message: a full disk or a file-size limit named as such, with the directory it hit.
+- remove_save_leftovers: what a save killed half-way leaves (a checkpoint's `_temp` files).
 """
 
 import errno
 import fcntl
 import os
+import re
+import shutil
 import socket
 import time
 
 from official.utils.errors import PipelineError
 
 LOCK_PREFIX = ".lock-"
+# TensorFlow's saver writes a checkpoint's shards under `<prefix>_temp...` and renames them into place
+# when complete; a run killed in between leaves them (hundreds of MB) to nobody.
+_CHECKPOINT_TEMPORARY = re.compile(r"^.+\.ckpt-\d+_temp")
 _SPACE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EFBIG: "a file size limit was reached",
                  errno.EDQUOT: "the disk quota is exceeded"}
 _SPACE_MESSAGES = {os.strerror(code): reason for code, reason in _SPACE_ERRORS.items()}
@@ -102,3 +108,19 @@ def io_error_message(error, where):
             return None
     return f"{reason} while writing to {where}: free space (or raise the limit) and re-run"
 
+
+
+def remove_save_leftovers(model_dir):
+    """Removes the unfinished checkpoint files a killed save left in local `model_dir`; returns their
+    names. Only the process that holds `model_dir`'s lock for all saves may call it (a save of a
+    running process looks the same)."""
+    if not is_local_path(model_dir) or not os.path.isdir(model_dir):
+        return []
+    removed = sorted(name for name in os.listdir(model_dir) if _CHECKPOINT_TEMPORARY.match(name))
+    for name in removed:
+        path = os.path.join(model_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return removed

@@ -560,7 +560,13 @@ def run(flags_obj, model_builder=None):
                                   flags_obj.slurm_port if flags_obj.slurm_cluster else None)
     info = apply_dataset_info(flags_obj)
     if not flags_obj.eval_only:
-        run_safety.lock_model_dir(flags_obj.model_dir, run_safety.task_name(tf_config))
+        task = run_safety.task_name(tf_config)
+        run_safety.lock_model_dir(flags_obj.model_dir, task)
+        if task == "train":  # alone, this process makes every save into --model_dir
+            removed = run_safety.remove_save_leftovers(flags_obj.model_dir)
+            if removed:
+                logging.warning("Removed what a killed checkpoint save left in --model_dir: %s",
+                                ", ".join(removed))
     placement = make_placement(flags_obj.distribution_strategy, flags_obj.num_gpus,
                                flags_obj.num_cpu_replicas, flags_obj.all_reduce_alg, tf_config,
                                flags_obj.peer_timeout_secs)
