@@ -68,7 +68,7 @@ def test_a_failing_per_class_csv_write_still_prints_the_figures_and_keeps_the_ol
 
 
 def test_the_export_base_is_refused_naming_the_newest_version(exported, validation):
-    with pytest.raises(PipelineError, match=r"holds 1 exports, not one: give a version directory, "
+    with pytest.raises(PipelineError, match=r"is the parent of 1 export, not one: give a version directory, "
                                             r"e\.g\. the newest: --saved_model_dir=") as raised:
         evaluate_saved_model.evaluate(str(exported["base"]), validation)
     assert str(raised.value).endswith(exported["path"])

@@ -179,6 +179,12 @@ def convert(keras_weights, model_dir, num_classes=None):
                                         image_size=xception_model.MIN_IMAGE_SIZE)
         pairs, notes = match_weights(file_layers, model, keras_weights, num_classes)
         named_values = {variable.op.name: value for variable, value in pairs}
+        not_finite = next((name for name, value in named_values.items()
+                           if np.issubdtype(value.dtype, np.floating)
+                           and not np.isfinite(value).all()), None)
+        if not_finite is not None:
+            raise PipelineError(f"--keras_weights={keras_weights}: {not_finite} holds NaN or "
+                                "infinite values (a damaged or diverged file); nothing was written")
         layer_count = len(_expected_layers(model))
     named_values[tf.compat.v1.GraphKeys.GLOBAL_STEP] = np.int64(0)
 

@@ -546,6 +546,9 @@ def run(flags_obj, model_builder=None):
     if not flags_obj.model_dir:
         raise PipelineError("--model_dir is required (checkpoints and summaries go there)")
     run_checks.validate_run_flags(flags_obj)
+    if flags_obj.eval_only and flags_obj.export_only:
+        raise PipelineError("--eval_only and --export_only each do one thing only: run with one, "
+                            "then with the other")
     if flags_obj.export_only:
         if not flags_obj.export_dir:
             raise PipelineError("--export_only needs --export_dir (where the SavedModel goes)")
@@ -600,8 +603,14 @@ def run(flags_obj, model_builder=None):
     count_is_exact = eval_steps is None
     if info is not None and placement.is_chief and not flags_obj.eval_only:
         # Beside the checkpoints, so that a later --export_only names the classes right.
-        dataset_info.write_class_names(
-            flags_obj.model_dir, info.class_names(flags_obj.label_offset, flags_obj.num_classes))
+        try:
+            dataset_info.write_class_names(
+                flags_obj.model_dir, info.class_names(flags_obj.label_offset, flags_obj.num_classes))
+        except (OSError, tf.errors.OpError) as error:
+            message = run_safety.io_error_message(error, f"--model_dir={flags_obj.model_dir}")
+            if message is None:
+                raise
+            raise PipelineError(f"{message} (classes.tsv)") from None
 
     with explained_run_errors(flags_obj.model_dir, flags_obj.data_dir):
         if flags_obj.eval_only:
