@@ -76,8 +76,8 @@ def _read_shard(path):
                     record_schema.single_bytes(example, record_schema.TEXT_KEY))] += 1
             index += 1
     except tf.errors.OpError as error:
-        raise PipelineError(f"{path} record {index}: unreadable bytes (checksum mismatch or truncated "
-                            f"file: {type(error).__name__}); copy it again or leave it out") from None
+        raise PipelineError(f"{path} is truncated or corrupt from record {index} on (not a readable "
+                            f"TFRecord file: {type(error).__name__}); copy it again or leave it out") from None
     return {(label, synset.decode("utf-8", "replace"), text.decode("utf-8", "replace")): count
             for (label, synset, text), count in counts.items()}
 

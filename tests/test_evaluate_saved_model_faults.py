@@ -29,7 +29,9 @@ def validation(tmp_path):
     data_dir = tmp_path / "shards"
     record_fixtures.write_shards(str(data_dir), "validation", examples, num_shards=2)
     (data_dir / "build_summary.json").write_text(
-        json.dumps({"splits": {"validation": {"images_written": NUM_IMAGES}}}))
+        json.dumps({"settings": {"first_label": 1},
+                    "classes": [{"label": label, "name": f"n{label}"} for label in range(1, 6)],
+                    "splits": {"validation": {"images_written": NUM_IMAGES}}}))
     return str(data_dir)
 
 
