@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from official.utils.errors import PipelineError
 
-# The names data_prep and the established tools give shards (§3.1); a copy with a suffix or a
-# temporary file matching the glob is not a shard.
+# The names data_prep and the established tools give shards (docs/DESIGN.md §3.1); a copy with a
+# suffix or a temporary file matching the glob is not a shard.
 SHARD_NAME = re.compile(r"^(train|validation)-(\d+)-of-(\d+)$")
 
 IMAGE_KEY = "image/encoded"
