@@ -98,7 +98,8 @@ def test_skip_corrupt_records_trains_and_counts_what_it_left_out(tmp_path, caplo
     # The bad training image at least once (the pipeline reads ahead), the validation one once.
     skipped = input_pipeline.skipped_image_count() - skipped_before
     assert skipped >= 2
-    assert f"{input_pipeline.skipped_image_count()} images that do not decode left out" in caplog.text
+    assert (f"{input_pipeline.skipped_image_count()} records that break the schema or whose image "
+            "does not decode left out") in caplog.text
 
 
 def _trainer(model_dir, data_dir, *extra):

@@ -523,8 +523,8 @@ def _log_evaluation(results, expected_examples, counted_examples_exact, skip_cor
         # What evaluation kept, against the split's size, also counts the records lost to
         # unreadable bytes, which no stage of tf.data can count.
         logging.warning("--skip_corrupt_records: evaluation left out %s of %d validation records; "
-                        "%d images that do not decode left out so far in this process (training "
-                        "counts one each time it reads it)",
+                        "%d records that break the schema or whose image does not decode left out "
+                        "so far in this process (training counts one each time it reads it)",
                         expected_examples - results[model_fn_lib.EVAL_EXAMPLES_KEY]
                         if counted_examples_exact else "an unknown number", expected_examples,
                         input_pipeline.skipped_image_count())
