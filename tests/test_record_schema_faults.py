@@ -242,5 +242,18 @@ def test_commands_end_in_one_line(tmp_path, module, args, status, line):
     assert fault_fixtures.snapshot(data_dir) == before
 
 
+
+def test_describe_shards_on_a_full_disk_leaves_nothing_behind(tmp_path):
+    records = [record_fixtures.make_example(_JPEG, label, 40, 48, synset=f"n{label:08d}")
+               for label in (1, 2, 3)]
+    record_fixtures.write_shards(str(tmp_path), "train", records, 1)
+    before = fault_fixtures.snapshot(tmp_path)
+    finished = process_fixtures.run_module("data_prep.describe_shards", f"--data_dir={tmp_path}",
+                                           limit_file_size=100, timeout=120)
+    assert finished.returncode == 1 and "Traceback" not in finished.stderr
+    assert finished.stderr.strip().splitlines()[-1].startswith(
+        f"error: cannot write {tmp_path / dataset_info.SUMMARY_NAME}: ")
+    assert fault_fixtures.snapshot(tmp_path) == before  # no build_summary.json.incomplete
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
