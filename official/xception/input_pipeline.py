@@ -42,14 +42,6 @@ _BAD_RECORD = "bad record: "
 _skipped_images = 0
 _skipped_images_lock = threading.Lock()
 
-_BOX_COORDINATES = ("ymin", "xmin", "ymax", "xmax")
-_IMAGE_FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-}
-_TRAIN_FEATURES = dict(_IMAGE_FEATURES, **{
-    "image/object/bbox/" + coordinate: tf.io.VarLenFeature(tf.float32)
-    for coordinate in _BOX_COORDINATES})
 
 
 def _check_positive_int(value, name):
@@ -162,21 +154,30 @@ def checked_records(path, labels, skip_corrupt_records=False, label_hint=""):
         records = records.ignore_errors()
 
     def check(shard, index, serialized):
+        """(keep, message): the message of a record that stops the run, else ""."""
         problem = record_schema.record_problem(serialized, labels)
         if problem is None:
-            return True
+            return True, b""
         is_label = problem.startswith(record_schema.LABEL_PROBLEM)
         if skip_corrupt_records and not is_label:  # a label outside the flags is no corruption
             _count_skipped_image()
-            return False
+            return False, b""
         if is_label:
             problem += label_hint
-        raise ValueError(f"{_BAD_RECORD}{shard.decode()} record {index}: {problem}\n")
+        return False, f"{_BAD_RECORD}{shard.decode()} record {index}: {problem}".encode()
+
+    def stop_on_problem(serialized, keep, message):
+        # Raised by an Assert rather than from Python: TensorFlow logs a Python exception of
+        # numpy_function with its whole traceback.
+        check_op = tf.debugging.Assert(tf.equal(message, ""), [message])
+        with tf.control_dependencies([check_op]):
+            return tf.identity(serialized), keep
 
     checked = records.enumerate().map(
-        lambda index, serialized: (serialized, tf.numpy_function(
-            check, [path, index, serialized], tf.bool, name="record_schema_check")))
-    return checked.filter(lambda serialized, ok: ok).map(lambda serialized, ok: serialized)
+        lambda index, serialized: (serialized, *tf.numpy_function(
+            check, [path, index, serialized], [tf.bool, tf.string], name="record_schema_check")))
+    checked = checked.map(stop_on_problem)
+    return checked.filter(lambda serialized, keep: keep).map(lambda serialized, keep: serialized)
 
 
 _IMAGE_FEATURES = {
@@ -232,7 +233,7 @@ def data_error_message(error):
       The check's message with the offending value (for main modules to print instead of a
       traceback), or None when `error` is something else.
     """
-    match = re.search(re.escape(_BAD_RECORD) + r"([^\n]*)", error.message)
+    match = re.search(re.escape(_BAD_RECORD) + r"(.*?)\]", error.message)
     return match.group(1) if match else None
 
 
