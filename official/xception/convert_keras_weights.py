@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from official.utils import flags_core
 from official.utils import logging_setup
 from official.utils import run_safety
 from official.utils.errors import PipelineError
@@ -239,6 +240,9 @@ def define_flags():
 def main(argv):
     del argv
     logging_setup.log_through_absl_only()
+    problem = flags_core.check_numeric_flags(flags.FLAGS)
+    if problem:
+        sys.exit(f"error: {problem}")
     try:
         lines = convert(flags.FLAGS.keras_weights, flags.FLAGS.model_dir, flags.FLAGS.num_classes)
     except PipelineError as error:
