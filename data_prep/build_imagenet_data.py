@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 
 from data_prep import builder
+from official.utils import flags_core
 from official.utils.errors import PipelineError
 
 _DEFAULTS = builder.BuildConfig(output_directory="")
@@ -60,6 +61,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.output_directory:
         raise app.UsageError("--output_directory is required")
+    problem = flags_core.check_numeric_flags(FLAGS)
+    if problem:
+        sys.exit(f"error: {problem}")
     config = builder.BuildConfig(
         output_directory=FLAGS.output_directory,
         train_directory=FLAGS.train_directory,

@@ -100,6 +100,13 @@ def _check_config(config):
                        ("--bounding_box_file", config.bounding_box_file)):
         if path and not os.path.exists(path):
             raise PipelineError(f"{flag} {path} does not exist")
+    # Shards and the build's lock inside an image folder would be listed as its images or classes.
+    output = os.path.realpath(config.output_directory)
+    for flag, path in (("--train_directory", config.train_directory),
+                       ("--validation_directory", config.validation_directory)):
+        if path and (output + os.sep).startswith(os.path.realpath(path) + os.sep):
+            raise PipelineError(f"--output_directory {config.output_directory} is inside {flag} {path}: "
+                                "give an output directory outside the images")
     if config.first_label not in (0, 1):
         raise PipelineError(f"--first_label must be 1 (labels 1..N, 0 = background, the established "
                             f"convention) or 0 (labels 0..N-1), not {config.first_label}")

@@ -12,7 +12,6 @@ split sizes from it, and the export names its classes, as with data_prep's own s
 import collections
 import json
 import os
-import re
 import sys
 
 from absl import app
@@ -22,6 +21,7 @@ from absl import flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402 (must follow the log level)
 
+from official.utils import record_schema  # noqa: E402
 from official.utils.errors import PipelineError  # noqa: E402
 from official.utils.progress import ProgressReporter  # noqa: E402
 
@@ -29,15 +29,8 @@ SUMMARY_NAME = "build_summary.json"
 # Marks a summary written here, so that readers know the shards were not built by data_prep.
 BUILT_BY = "describe_shards"
 SPLITS = ("train", "validation")
-_SHARD_NAME = re.compile(r"^(train|validation)-(\d+)-of-(\d+)$")
-_RECORDS_PER_BATCH = 256
-
-_FEATURES = {
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value=""),
-    "image/class/text": tf.io.FixedLenFeature([], tf.string, default_value=""),
-}
-
+_SHARD_NAME = record_schema.SHARD_NAME
+_READ_BUFFER_BYTES = 8 * 1024 * 1024
 
 def list_shards(data_dir):
     """{split: sorted shard paths} of the splits present in `data_dir`."""
@@ -49,6 +42,7 @@ def list_shards(data_dir):
     for name in sorted(names):
         match = _SHARD_NAME.match(name)
         if match:
+            record_schema.check_regular_file(os.path.join(data_dir, name))
             shards[match.group(1)].append(os.path.join(data_dir, name))
             totals[match.group(1)].add(int(match.group(3)))
     for split, split_totals in totals.items():
@@ -65,26 +59,25 @@ def _shard_total(path):
     return int(_SHARD_NAME.match(os.path.basename(path)).group(3))
 
 
-def _parse_batch(serialized):
-    return tf.io.parse_example(serialized, _FEATURES)
-
-
 def _read_shard(path):
-    """{(label, synset, text): records} over the records of one shard."""
-    dataset = tf.data.TFRecordDataset(path).batch(_RECORDS_PER_BATCH).map(
-        _parse_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    """{(label, synset, text): records} over the records of one shard, each checked by the rule every
+    reader applies (record_schema)."""
     counts = collections.Counter()
+    index = 0
     try:
-        for batch in dataset:
-            counts.update(zip(batch["image/class/label"].numpy().tolist(),
-                              batch["image/class/synset"].numpy().tolist(),
-                              batch["image/class/text"].numpy().tolist()))
-    except tf.errors.DataLossError:
-        raise PipelineError(f"{path} is truncated or corrupt (not a readable TFRecord file); copy it "
-                            "again or leave it out") from None
-    except tf.errors.InvalidArgumentError as error:
-        raise PipelineError(f"{path} holds a record without an int64 image/class/label, so it is not "
-                            f"an ImageNet TFRecord shard ({error.message.splitlines()[0]})") from None
+        for record in tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES).as_numpy_iterator():
+            problem = record_schema.record_problem(record)
+            if problem:
+                raise PipelineError(f"{path} record {index}: {problem}; rebuild or copy the shard "
+                                    "again, or leave it out")
+            example, _ = record_schema.parse(record)
+            counts[(example.features.feature[record_schema.LABEL_KEY].int64_list.value[0],
+                    record_schema.single_bytes(example, record_schema.SYNSET_KEY),
+                    record_schema.single_bytes(example, record_schema.TEXT_KEY))] += 1
+            index += 1
+    except tf.errors.OpError as error:
+        raise PipelineError(f"{path} is truncated or corrupt from record {index} on (not a readable "
+                            f"TFRecord file: {type(error).__name__}); copy it again or leave it out") from None
     return {(label, synset.decode("utf-8", "replace"), text.decode("utf-8", "replace")): count
             for (label, synset, text), count in counts.items()}
 
@@ -185,6 +178,9 @@ def write_summary(data_dir, summary, overwrite=False):
             output.write(json.dumps(summary, indent=1, ensure_ascii=False))
         tf.io.gfile.rename(temporary, path, overwrite=True)
     except (tf.errors.OpError, OSError) as error:
+        # A partial temporary file is of no use to anyone (a later run writes it anew).
+        if tf.io.gfile.exists(temporary):
+            tf.io.gfile.remove(temporary)
         raise PipelineError(f"cannot write {path}: {getattr(error, 'message', error)}") from None
     return path
 

@@ -250,6 +250,11 @@ def _open_raw(tar_path, flag):
         raise PipelineError(f"cannot read {flag} {tar_path}: {error.strerror or error}") from None
 
 
+# Members of the training tar that hold a class's images in a form this reader cannot open in place.
+_COMPRESSED_ARCHIVES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".zip",
+                        ".gz", ".bz2", ".xz", ".7z", ".rar")
+
+
 def list_train_tar(tar_path, flag="--train_tar"):
     """({class name: [ImageSource]}, [NonImageFile]) from ILSVRC2012_img_train.tar: a tar of
     `<class name>.tar` tars."""
@@ -259,7 +264,16 @@ def list_train_tar(tar_path, flag="--train_tar"):
         for inner_source in list(_tar_files(outer, flag, tar_path)):
             name = inner_source.member
             class_name, extension = os.path.splitext(os.path.basename(name))
-            if extension != ".tar" or class_name.startswith("."):
+            if class_name.startswith(".") or os.path.basename(name).startswith("."):
+                continue  # hidden: tool droppings
+            if extension != ".tar":
+                if name.lower().endswith(_COMPRESSED_ARCHIVES):
+                    raise PipelineError(
+                        f"{tar_path}:{name} under {flag} is a compressed archive, not a plain "
+                        "<class>.tar: unpack it and pack its images as an uncompressed .tar (or give "
+                        "--train_directory)")
+                # Anything else is no class: counted and named in the summary, never silently gone.
+                non_images.append(NonImageFile("", f"{tar_path}:{name}", extension or "no extension"))
                 continue
             _check_class_name(class_name, f"{tar_path}:{name}", flag)
             inner = _open_tar(raw_file, flag, f"{tar_path}:{name}", inner_source.offset, inner_source.size)

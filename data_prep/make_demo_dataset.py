@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from data_prep import demo_dataset
+from official.utils import flags_core
 from official.utils.errors import PipelineError
 
 flags.DEFINE_string("output_dir", None, "Where to write the dataset: a new or empty folder (one holding this "
@@ -30,6 +31,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required")
+    problem = flags_core.check_numeric_flags(FLAGS)
+    if problem:
+        sys.exit(f"error: {problem}")
     start = time.monotonic()
     try:
         classes = demo_dataset.make_demo_dataset(FLAGS.output_dir, FLAGS.num_classes, FLAGS.train_per_class,

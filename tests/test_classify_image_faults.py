@@ -6,12 +6,14 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from official.utils.errors import PipelineError
 from official.xception import classify_image
 from tests import export_fixtures
+from tests import record_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +31,7 @@ def test_the_export_base_names_the_newest_version_in_one_line(exported, tmp_path
     assert finished.returncode == 1
     assert "Traceback" not in finished.stderr
     assert finished.stderr.strip().splitlines()[-1] == (
-        f"error: --saved_model_dir={exported['base']} holds 1 exports, not one: give a version "
+        f"error: --saved_model_dir={exported['base']} is the parent of 1 export, not one: give a version "
         f"directory, e.g. the newest: --saved_model_dir={exported['path']}")
 
 
@@ -47,6 +49,32 @@ def test_a_corrupt_export_info_is_one_line_and_left_as_it_is(exported, tmp_path)
         classify_image.classify(str(copy), [])
     assert info.read_bytes() == b'{"num_classes": 5, "label_'
 
+
+
+def test_a_truncated_variables_file_is_one_line_and_left_as_it_is(exported, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(exported["path"], copy)
+    (data,) = (copy / "variables").glob("variables.data-*")
+    content = data.read_bytes()
+    data.write_bytes(content[:len(content) // 2])  # an interrupted copy
+    with pytest.raises(PipelineError, match=r"cannot be loaded .*export the checkpoint again"):
+        classify_image.classify(str(copy), [])
+    assert data.read_bytes() == content[:len(content) // 2]
+
+
+def test_a_bad_image_fails_alone_and_the_others_are_classified(exported, tmp_path):
+    good = tmp_path / "good.jpg"
+    good.write_bytes(record_fixtures.encode_image(np.full([80, 90, 3], 120, np.uint8)))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    finished = _classify(f"--saved_model_dir={exported['path']}", str(bad), str(tmp_path / "gone"),
+                         str(good))
+    assert finished.returncode == 1 and "Traceback" not in finished.stderr
+    assert finished.stdout.splitlines()[0] == str(good) and len(finished.stdout.splitlines()) == 6
+    assert [line for line in finished.stderr.splitlines() if line.startswith("error: ")] == [
+        f"error: {bad} is not a readable JPEG, PNG, GIF or BMP image",
+        f"error: cannot read image {tmp_path / 'gone'}: No such file or directory",
+        "error: 2 of 3 images could not be classified (above)"]
 
 @pytest.mark.parametrize("signature, request_inputs", [
     ("serving_default", lambda: {"image_bytes": tf.constant([], tf.string)}),

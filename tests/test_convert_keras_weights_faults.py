@@ -42,5 +42,17 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["no_top.h5"]
 
 
+
+def test_nan_weights_are_refused_and_nothing_is_written(tmp_path):
+    weights = tmp_path / "no_top.h5"
+    model = tf.keras.applications.Xception(weights=None, include_top=False, pooling="avg",
+                                           input_shape=(71, 71, 3))
+    kernel = model.get_layer("block1_conv1").kernel
+    kernel.assign(tf.tensor_scatter_nd_update(kernel, [[0, 0, 0, 0]], [float("nan")]))
+    model.save_weights(str(weights))
+    with pytest.raises(PipelineError, match=r"block1_conv1/kernel holds NaN or infinite values"):
+        convert_keras_weights.convert(str(weights), str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path)) == ["no_top.h5"]
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -8,6 +8,7 @@ the original bytes, checked against pixels computed here with numpy from the raw
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -22,6 +23,7 @@ from PIL import Image
 
 from data_prep import builder
 from data_prep import demo_dataset
+from data_prep import inputs
 from data_prep.image_coding import BadImageError, decode_pixels, prepare_image
 from data_prep.shard_plan import incomplete_name
 from official.utils.errors import PipelineError
@@ -426,6 +428,36 @@ def test_tars_made_with_tar_c_dot_are_read_like_the_folders(raw_tree, tmp_path):
     from_folders = fixtures.shard_bytes(str(tmp_path / "from_folders"))
     assert from_folders and fixtures.shard_bytes(str(tmp_path / "from_tars")) == from_folders
 
+
+@pytest.mark.parametrize("member, outcome", [
+    ("n01000003.tar.gz", "compressed archive, not a plain <class>.tar"),
+    ("n01000003.zip", "compressed archive, not a plain <class>.tar"),
+    ("README.txt", None),  # not a class: listed among the non-image files of the summary
+])
+def test_a_train_tar_member_that_is_no_class_tar_is_an_error_or_named(raw_tree, tmp_path, member, outcome):
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    for synset in fixtures.SYNSETS[:2]:
+        subprocess.run(["tar", "-C", os.path.join(raw_tree.train_directory, synset), "-cf",
+                        str(tars / f"{synset}.tar"), "."], check=True)
+    (tars / member).write_bytes(b"a class packed another way")
+    subprocess.run(["tar", "-C", str(tars), "-cf", str(tmp_path / "train.tar"), "."], check=True)
+    if outcome:
+        with pytest.raises(PipelineError, match=rf"train.tar:{re.escape(member)} under --train_tar is a {re.escape(outcome)}"):
+            inputs.list_train_tar(str(tmp_path / "train.tar"))
+        return
+    classes, non_images = inputs.list_train_tar(str(tmp_path / "train.tar"))
+    assert sorted(classes) == list(fixtures.SYNSETS[:2])
+    assert [item.path for item in non_images] == [f"{tmp_path / 'train.tar'}:{member}"]
+
+
+@pytest.mark.parametrize("flag", ["train_directory", "validation_directory"])
+def test_an_output_directory_inside_the_images_is_refused_before_anything_is_written(raw_tree, flag):
+    inside = os.path.join(getattr(raw_tree, flag), "out")
+    before = tree_snapshot(getattr(raw_tree, flag))
+    with pytest.raises(PipelineError, match=rf"--output_directory {re.escape(inside)} is inside --{flag}"):
+        builder.build(_build_config(raw_tree, inside), log=io.StringIO())
+    assert tree_snapshot(getattr(raw_tree, flag)) == before
 
 @pytest.mark.parametrize("link, target", [("n01000002/loop", ".."), ("n01000002/deeper/self", "."),
                                           ("n01000003/up", "../n01000003")])

@@ -29,7 +29,9 @@ def validation(tmp_path):
     data_dir = tmp_path / "shards"
     record_fixtures.write_shards(str(data_dir), "validation", examples, num_shards=2)
     (data_dir / "build_summary.json").write_text(
-        json.dumps({"splits": {"validation": {"images_written": NUM_IMAGES}}}))
+        json.dumps({"settings": {"first_label": 1},
+                    "classes": [{"label": label, "name": f"n{label}"} for label in range(1, 6)],
+                    "splits": {"validation": {"images_written": NUM_IMAGES}}}))
     return str(data_dir)
 
 
@@ -68,7 +70,7 @@ def test_a_failing_per_class_csv_write_still_prints_the_figures_and_keeps_the_ol
 
 
 def test_the_export_base_is_refused_naming_the_newest_version(exported, validation):
-    with pytest.raises(PipelineError, match=r"holds 1 exports, not one: give a version directory, "
+    with pytest.raises(PipelineError, match=r"is the parent of 1 export, not one: give a version directory, "
                                             r"e\.g\. the newest: --saved_model_dir=") as raised:
         evaluate_saved_model.evaluate(str(exported["base"]), validation)
     assert str(raised.value).endswith(exported["path"])
@@ -106,7 +108,7 @@ def test_a_damaged_saved_model_is_one_line(exported, validation, tmp_path):
 def test_batch_size_zero_is_one_line(exported, validation):
     finished = _main(f"--saved_model_dir={exported['path']}", f"--data_dir={validation}",
                      "--batch_size=0")
-    _assert_one_line_error(finished, "--batch_size=0: must be at least 1")
+    _assert_one_line_error(finished, "--batch_size=0: must be an integer >= 1")
 
 
 def test_blacklist_with_a_byte_order_mark_is_read_and_a_binary_one_refused(tmp_path):

@@ -1,6 +1,7 @@
 """The SavedModel: signatures, dynamic batch, averaged weights, exactly the eval preprocessing."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from official.xception import export
 from official.xception import preprocessing
 from tests import export_fixtures
 from tests import record_fixtures
+from tests import tiny_network
 
 SIZE = export_fixtures.IMAGE_SIZE
 CLASS_NAMES = export_fixtures.CLASS_NAMES
@@ -137,6 +139,41 @@ def test_saved_model_cli_show_and_run(exported, tmp_path):
     assert ran.returncode == 0, ran.stderr
     assert "top_5_classes" in ran.stdout
 
+
+
+@pytest.mark.parametrize("shape, fill, message", [
+    ([1, SIZE - 7, SIZE - 7, 3], 0.0, "images of shape"),
+    ([2, SIZE, SIZE, 1], 0.0, "images of shape"),
+    ([1, SIZE, SIZE, 3], np.nan, "finite pixel values"),
+    ([1, SIZE, SIZE, 3], np.inf, "finite pixel values"),
+])
+def test_predict_images_refuses_other_shapes_and_non_finite_pixels(exported, shape, fill, message):
+    # The signature's function as served (TF Serving and saved_model_cli call it without Python's
+    # shape check).
+    function = exported["loaded"].predict_images.get_concrete_function()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        tf.raw_ops.PartitionedCall(args=[tf.fill(shape, tf.constant(fill, tf.float32))]
+                                   + function.captured_inputs, Tout=[o.dtype for o in
+                                                                     function.outputs],
+                                   f=function)
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_export(tmp_path):
+    prefix = str(tmp_path / "model" / "model.ckpt-1")
+    with tf.Graph().as_default():
+        model = tiny_network.tiny_network(num_classes=export_fixtures.NUM_CLASSES, image_size=SIZE)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver({v.op.name: v for v in model.weights}).save(session, prefix)
+    base = tmp_path / "export"
+    dead = base / f".export-{socket.gethostname()}-999999999-abc"
+    alive = base / f".export-{socket.gethostname()}-{os.getpid()}-abc"
+    other_host = base / ".export-otherhost-1-abc"
+    for folder in (dead, alive, other_host):
+        (folder / "saved_model").mkdir(parents=True)
+    export.export_saved_model(prefix, str(base), num_classes=export_fixtures.NUM_CLASSES,
+                              image_size=SIZE, model_builder=tiny_network.tiny_network)
+    assert not dead.exists() and alive.exists() and other_host.exists()
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -129,7 +129,7 @@ def test_resuming_trains_and_evaluates_only_the_cycles_left(data_dir, tmp_path, 
 
 @pytest.mark.parametrize("values, message", [
     (dict(num_cpu_replicas=2, batch_size=5), "--batch_size=5 is the global batch and must divide"),
-    (dict(image_size=64), "image_size must be at least 71"),
+    (dict(image_size=64), r"--image_size=64: must be an integer in \[71, 2048\]"),
     (dict(data_format="channels_first"), "channels_first needs a GPU"),
     (dict(loss_scale="dynamic"), "--loss_scale applies to --dtype=fp16 only"),
     (dict(hooks="LoggingTensorHook,NoSuchHook"), "--hooks: unknown hook 'NoSuchHook'"),

@@ -100,7 +100,8 @@ def test_skip_corrupt_records_trains_and_counts_what_it_left_out(tmp_path, caplo
     # The bad training image at least once (the pipeline reads ahead), the validation one once.
     skipped = input_pipeline.skipped_image_count() - skipped_before
     assert skipped >= 2
-    assert f"{input_pipeline.skipped_image_count()} images that do not decode left out" in caplog.text
+    assert (f"{input_pipeline.skipped_image_count()} records that break the schema or whose image "
+            "does not decode left out") in caplog.text
 
 
 def _trainer(model_dir, data_dir, *extra):
@@ -135,11 +136,17 @@ def test_a_second_training_on_the_same_model_dir_is_refused_until_the_first_dies
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-    # The kernel released the killed run's lock: training resumes (from wherever the first got to).
+    # What a kill during a save leaves (the saver's shards before their rename), for sure.
+    leftover = model_dir / "model.ckpt-99_temp" / "part-00000-of-00001.data-00000-of-00001"
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"half a checkpoint")
+    # The kernel released the killed run's lock: training resumes (from wherever the first got to)
+    # and removes the leftovers.
     resumed_from = imagenet_main.checkpoint_step(str(model_dir))
     results = _run(data_dir=data_dir, model_dir=model_dir, max_train_steps=resumed_from + 2,
                    train_epochs=1000, epochs_between_evals=1000)
     assert results["global_step"] == resumed_from + 2
+    assert not any("_temp" in name for name in os.listdir(model_dir))
 
 
 def test_the_lock_is_per_cluster_task(tmp_path):
@@ -214,6 +221,16 @@ def read_only_dir(tmp_path):
     (dict(seed=-1), "--seed=-1: must be an integer >= 0"),
     (dict(eval_central_fraction=0), "--eval_central_fraction: "),
     (dict(eval_central_fraction=1.5), "--eval_central_fraction: "),
+    # Every float flag is finite, every number in its range (flags_core.set_ranges).
+    (dict(base_learning_rate="nan"), r"--base_learning_rate=nan: must be a positive finite number"),
+    (dict(base_learning_rate="inf"), r"--base_learning_rate=inf: must be a positive finite number"),
+    (dict(momentum="nan"), r"--momentum=nan: must be a finite number in \[0, 1\)"),
+    (dict(weight_decay="inf"), r"--weight_decay=inf: must be a finite number >= 0"),
+    (dict(peer_timeout_secs="nan"), r"--peer_timeout_secs=nan: must be a positive finite number"),
+    (dict(eval_throttle_secs="inf"), r"--eval_throttle_secs=inf: must be a finite number >= 0"),
+    (dict(image_size=100000), r"--image_size=100000: must be an integer in \[71, 2048\]"),
+    (dict(batch_size=0), r"--batch_size=0: must be an integer >= 1"),
+    (dict(num_gpus=-2), r"--num_gpus=-2: must be an integer >= -1"),
 ])
 def test_bad_numbers_fail_in_one_line_before_anything_is_written(tmp_path, values, message):
     data_dir = _write_data(tmp_path / "data")

@@ -122,12 +122,13 @@ def test_out_of_range_label_fails_with_a_clear_message(tmp_path, bad_label, labe
     with pytest.raises(tf.errors.InvalidArgumentError) as raised:
         collect(dataset)
     message = input_pipeline.data_error_message(raised.value)
-    low, high = label_offset, label_offset + num_classes
+    low, high = label_offset, label_offset + num_classes - 1
+    shard = os.path.join(str(tmp_path), "validation-00000-of-00001")
     assert message == (
-        f"image/class/label of a record is outside [{low}, {high}), the range for "
-        f"--label_offset={label_offset} and --num_classes={num_classes}: use --label_offset=1 for "
-        "labels 1..1000 with 1000 classes, --label_offset=0 for 1001 classes or 0-based labels; "
-        f"the label is {bad_label}")
+        f"{shard} record 1: image/class/label {bad_label} is outside the labels {low}..{high}; "
+        f"--label_offset={label_offset} and --num_classes={num_classes} accept labels {low}..{high}: "
+        "use --label_offset=1 for labels 1..1000 with 1000 classes, --label_offset=0 for 1001 "
+        "classes or 0-based labels")
 
 
 def test_data_error_message_ignores_other_errors():

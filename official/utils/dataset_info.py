@@ -57,11 +57,36 @@ class DatasetInfo:
         return names
 
 
-def _split_count(summary, split):
-    try:
-        return int(summary["splits"][split]["images_written"])
-    except (KeyError, TypeError, ValueError):
+def _split_count(path, summary, split):
+    """splits.<split>.images_written (docs/DESIGN.md §5), None when the split is not in the summary."""
+    entry = summary["splits"].get(split)
+    if entry is None:
         return None
+    count = entry.get("images_written") if isinstance(entry, dict) else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise PipelineError(f"{path}: splits.{split}.images_written is {count!r}, not a record count: "
+                            "rebuild the shards or re-run " + DESCRIBE_SHARDS_COMMAND.rstrip("=")
+                            + " (or remove the summary)")
+    return count
+
+
+def _check_classes(path, first_label, rows):
+    """first_label 0 or 1, classes with distinct names and the labels first_label, first_label+1, ..."""
+    if first_label not in (0, 1):
+        raise PipelineError(f"{path}: settings.first_label is {first_label}, not 0 or 1: rebuild the "
+                            "shards or remove the summary")
+    if not rows:
+        raise PipelineError(f"{path}: classes lists no class: rebuild the shards or remove the summary")
+    names = [name for _, name, _ in rows]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate is not None:
+        raise PipelineError(f"{path}: classes names {duplicate!r} more than once: rebuild the shards "
+                            "or remove the summary")
+    labels = [label for label, _, _ in rows]
+    if labels != list(range(first_label, first_label + len(rows))):
+        raise PipelineError(f"{path}: classes have labels {labels[0]}..{labels[-1]} ({len(rows)} "
+                            f"classes), not {first_label}..{first_label + len(rows) - 1} as "
+                            "settings.first_label says: rebuild the shards or remove the summary")
 
 
 def read_dataset_info(data_dir):
@@ -84,12 +109,15 @@ def read_dataset_info(data_dir):
                 for name, entry in split["classes"].items():
                     merged[name] = (int(entry["label"]), name, entry.get("text") or name)
             rows = list(merged.values())
-    except (ValueError, KeyError, TypeError) as error:
+        rows = sorted(rows)
+        counts = {split: _split_count(path, summary, split) for split in ("train", "validation")}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise PipelineError(f"{path} is not a data_prep build summary ({error!r}); remove it or "
                             "rebuild the shards") from None
-    return DatasetInfo(first_label=first_label, classes=tuple(sorted(rows)),
-                       train_examples=_split_count(summary, "train"),
-                       eval_examples=_split_count(summary, "validation"), built_by=built_by)
+    _check_classes(path, first_label, rows)
+    return DatasetInfo(first_label=first_label, classes=tuple(rows),
+                       train_examples=counts["train"], eval_examples=counts["validation"],
+                       built_by=built_by)
 
 
 def write_class_names(directory, names):

@@ -4,7 +4,14 @@ distribution and export. The model's own groups live with the model (official/xc
 Flag names follow tensorflow/models' official resnet where the concept is the same. Each `define_*`
 function defines its group once into `flag_values` (absl's global FLAGS by default); only main modules
 call them.
+
+Numbers: `set_ranges` gives numeric flags their valid range where they are defined, and every main
+calls `check_numeric_flags` before any work, which also refuses nan and inf in every float flag.
 """
+
+import dataclasses
+import math
+from typing import Optional
 
 from absl import flags
 
@@ -17,6 +24,64 @@ ALL_REDUCE_ALGORITHMS = ("nccl", "hierarchical_copy", "reduction_to_one_device",
 # The checkpoint cadence of a multi-worker run without --save_checkpoints_steps: its tasks save
 # together (saving runs collectives), so no task's clock can set it.
 MULTI_WORKER_CHECKPOINT_STEPS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric flag: `low` <= value (< `low` when `low_open`) and likewise
+    `high`; None is unbounded."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value):
+        return ((self.low is None or (value > self.low if self.low_open else value >= self.low))
+                and (self.high is None or (value < self.high if self.high_open else value <= self.high)))
+
+    def describe(self, is_integer):
+        kind = "an integer" if is_integer else "a finite number"
+        if self.high is None:
+            if self.low == 0 and self.low_open and not is_integer:
+                return "a positive finite number"
+            if self.low is None:
+                return kind
+            return f"{kind} {'>' if self.low_open else '>='} {self.low}"
+        return (f"{kind} in {'(' if self.low_open else '['}{self.low}, {self.high}"
+                f"{')' if self.high_open else ']'}")
+
+
+POSITIVE = Range(0, low_open=True)
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+FRACTION = Range(0, 1)  # [0, 1]
+_INT64_LIMIT = 2 ** 63
+
+# Flag name -> Range, for every FlagValues (a flag name means the same in every tool).
+_RANGES = {}
+
+
+def set_ranges(ranges):
+    """Records {flag name: Range} for check_numeric_flags."""
+    _RANGES.update(ranges)
+
+
+def check_numeric_flags(flag_values=flags.FLAGS):
+    """Returns the first problem of a numeric flag as one line (`--name=value: must be ...`), or None:
+    a float flag that is nan or inf, or a value outside the Range given to set_ranges."""
+    for name in sorted(flag_values):
+        flag = flag_values[name]
+        value = flag.value
+        is_integer = isinstance(flag.parser, flags.IntegerParser)
+        if value is None or not (is_integer or isinstance(flag.parser, flags.FloatParser)):
+            continue
+        valid = _RANGES.get(name, Range())
+        if is_integer and not -_INT64_LIMIT <= value < _INT64_LIMIT:
+            return f"--{name}={value}: must be {valid.describe(True)} (and below 2**63 in size)"
+        if not (is_integer or math.isfinite(value)) or value not in valid:
+            return f"--{name}={value}: must be {valid.describe(is_integer)}"
+    return None
 
 
 def define_base(flag_values=flags.FLAGS):
@@ -54,6 +119,10 @@ def define_base(flag_values=flags.FLAGS):
     flags.DEFINE_integer("seed", None, "Seed for the initial weights, dropout and the order of "
                          "training records (random crops and flips stay unseeded).",
                          flag_values=flag_values)
+    set_ranges({"batch_size": AT_LEAST_1, "train_epochs": POSITIVE, "epochs_between_evals": POSITIVE,
+                "max_train_steps": AT_LEAST_1, "stop_threshold": Range(0, 1, low_open=True),
+                "log_steps": AT_LEAST_1, "save_checkpoints_steps": AT_LEAST_1,
+                "keep_checkpoint_max": AT_LEAST_0, "seed": AT_LEAST_0})
 
 
 def define_performance(flag_values=flags.FLAGS):
@@ -75,6 +144,9 @@ def define_performance(flag_values=flags.FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_boolean("use_synthetic_data", False, "Random images instead of --data_dir "
                          "(benchmarking).", flag_values=flag_values)
+    set_ranges({"inter_op_parallelism_threads": AT_LEAST_0,
+                "intra_op_parallelism_threads": AT_LEAST_0,
+                "datasets_num_private_threads": AT_LEAST_1})
 
 
 def define_distribution(flag_values=flags.FLAGS):
@@ -115,6 +187,9 @@ def define_distribution(flag_values=flags.FLAGS):
     flags.DEFINE_float("eval_throttle_secs", 600, "Evaluator: seconds at least between the starts of "
                        "two evaluations (each evaluates the newest checkpoint).",
                        flag_values=flag_values)
+    set_ranges({"num_gpus": Range(-1), "num_cpu_replicas": AT_LEAST_1, "task_index": AT_LEAST_0,
+                "slurm_port": Range(1, 65535), "peer_timeout_secs": POSITIVE,
+                "eval_throttle_secs": AT_LEAST_0})
 
 
 def define_export(flag_values=flags.FLAGS):

@@ -1,22 +1,26 @@
 """What lets a long run fail in one line before any work, and never run twice into one directory.
 
-- check_int_at_least, check_positive_finite, writable_directory, writable_file: flag values and
-  output locations, checked before anything is read or written.
+- writable_directory, writable_file: output locations, checked before anything is read or written.
 - lock_model_dir: one training process per model directory and task, so that a launcher restarted
   while the first run still trains cannot write checkpoints over it.
 - io_error_message: a full disk or a file-size limit named as such, with the directory it hit.
+- remove_save_leftovers: what a save killed half-way leaves (a checkpoint's `_temp` files).
 """
 
 import errno
 import fcntl
-import math
 import os
+import re
+import shutil
 import socket
 import time
 
 from official.utils.errors import PipelineError
 
 LOCK_PREFIX = ".lock-"
+# TensorFlow's saver writes a checkpoint's shards under `<prefix>_temp...` and renames them into place
+# when complete; a run killed in between leaves them (hundreds of MB) to nobody.
+_CHECKPOINT_TEMPORARY = re.compile(r"^.+\.ckpt-\d+_temp")
 _SPACE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EFBIG: "a file size limit was reached",
                  errno.EDQUOT: "the disk quota is exceeded"}
 _SPACE_MESSAGES = {os.strerror(code): reason for code, reason in _SPACE_ERRORS.items()}
@@ -29,16 +33,6 @@ _HELD_LOCKS = {}
 
 def is_local_path(path):
     return "://" not in path
-
-
-def check_int_at_least(value, flag, minimum):
-    if value is not None and not minimum <= value < 2 ** 63:
-        raise PipelineError(f"--{flag}={value}: must be an integer >= {minimum} (and below 2**63)")
-
-
-def check_positive_finite(value, flag):
-    if not math.isfinite(value) or value <= 0:
-        raise PipelineError(f"--{flag}={value}: must be a positive finite number")
 
 
 def writable_directory(path, flag):
@@ -114,3 +108,19 @@ def io_error_message(error, where):
             return None
     return f"{reason} while writing to {where}: free space (or raise the limit) and re-run"
 
+
+
+def remove_save_leftovers(model_dir):
+    """Removes the unfinished checkpoint files a killed save left in local `model_dir`; returns their
+    names. Only the process that holds `model_dir`'s lock for all saves may call it (a save of a
+    running process looks the same)."""
+    if not is_local_path(model_dir) or not os.path.isdir(model_dir):
+        return []
+    removed = sorted(name for name in os.listdir(model_dir) if _CHECKPOINT_TEMPORARY.match(name))
+    for name in removed:
+        path = os.path.join(model_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return removed

@@ -21,7 +21,8 @@ from official.xception import run_record
 
 
 def classify(saved_model_dir, image_paths):
-    """[(path, [(index, name, text, probability)] top-5)] for each image file."""
+    """[(path, [(index, name, text, probability)] top-5, or the one-line problem of that file)] for
+    each image file: a bad file fails alone."""
     opened = exported_model.open_export(saved_model_dir)
     names, serve = opened.class_names, opened.serve
     results = []
@@ -30,11 +31,13 @@ def classify(saved_model_dir, image_paths):
             with open(path, "rb") as handle:
                 image_bytes = handle.read()
         except OSError as error:
-            raise PipelineError(f"cannot read image {path}: {error.strerror}") from None
+            results.append((path, f"cannot read image {path}: {error.strerror}"))
+            continue
         try:
             outputs = serve(image_bytes=tf.constant([image_bytes]))
         except tf.errors.InvalidArgumentError:
-            raise PipelineError(f"{path} is not a readable JPEG or PNG image") from None
+            results.append((path, f"{path} is not a readable JPEG, PNG, GIF or BMP image"))
+            continue
         top = zip(outputs["top_5_classes"].numpy()[0], outputs["top_5_probabilities"].numpy()[0])
         results.append((path, [(int(index), *names[index], float(probability))
                                for index, probability in top]))
@@ -60,10 +63,17 @@ def main(argv):
                 run_record.read_export_records(flags.FLAGS.saved_model_dir))))
     except PipelineError as error:
         sys.exit(f"error: {error}")
+    failed = 0
     for path, top in results:
-        print(path)
+        if isinstance(top, str):
+            failed += 1
+            print(f"error: {top}", file=sys.stderr, flush=True)
+            continue
+        print(path, flush=True)
         for index, name, text, probability in top:
-            print(f"  {probability:7.2%}  {index:5d}  {name}  {text}")
+            print(f"  {probability:7.2%}  {index:5d}  {name}  {text}", flush=True)
+    if failed:
+        sys.exit(f"error: {failed} of {len(results)} images could not be classified (above)")
 
 
 if __name__ == "__main__":

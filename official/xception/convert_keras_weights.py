@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from official.utils import flags_core
 from official.utils import logging_setup
 from official.utils import provenance
 from official.utils import run_safety
@@ -181,6 +182,12 @@ def convert(keras_weights, model_dir, num_classes=None):
                                         image_size=xception_model.MIN_IMAGE_SIZE)
         pairs, notes = match_weights(file_layers, model, keras_weights, num_classes)
         named_values = {variable.op.name: value for variable, value in pairs}
+        not_finite = next((name for name, value in named_values.items()
+                           if np.issubdtype(value.dtype, np.floating)
+                           and not np.isfinite(value).all()), None)
+        if not_finite is not None:
+            raise PipelineError(f"--keras_weights={keras_weights}: {not_finite} holds NaN or "
+                                "infinite values (a damaged or diverged file); nothing was written")
         layer_count = len(_expected_layers(model))
     named_values[tf.compat.v1.GraphKeys.GLOBAL_STEP] = np.int64(0)
 
@@ -238,6 +245,9 @@ def define_flags():
 def main(argv):
     del argv
     logging_setup.log_through_absl_only()
+    problem = flags_core.check_numeric_flags(flags.FLAGS)
+    if problem:
+        sys.exit(f"error: {problem}")
     try:
         lines = convert(flags.FLAGS.keras_weights, flags.FLAGS.model_dir, flags.FLAGS.num_classes)
     except PipelineError as error:

@@ -11,7 +11,6 @@ each record's `image/filename` (ILSVRC2012_val_00000001.JPEG -> 1).
 """
 
 import csv
-import json
 import os
 import re
 import sys
@@ -21,7 +20,10 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from official.utils import dataset_info
+from official.utils import flags_core
 from official.utils import logging_setup
+from official.utils import record_schema
 from official.utils import run_safety
 from official.utils.errors import PipelineError
 from official.utils.progress import ProgressReporter
@@ -70,25 +72,22 @@ def _validation_index(filename):
     return int(match.group(1))
 
 
-def _read_records(files, skip_corrupt_records):
-    if not skip_corrupt_records:
-        return tf.data.TFRecordDataset(files)
-    # One reader per file, so that unreadable bytes end one file, not all.
+def _read_records(files, skip_corrupt_records, labels=None, label_hint=""):
+    """The records that pass record_schema, one reader per file (records are named by shard, and
+    skipped unreadable bytes end one file, not all)."""
     return tf.data.Dataset.from_tensor_slices(files).flat_map(
-        lambda path: tf.data.TFRecordDataset(path).ignore_errors())
+        lambda path: input_pipeline.checked_records(path, labels, skip_corrupt_records, label_hint))
 
 
 def _count_records(data_dir, files, skip_corrupt_records):
     """The validation record count: from data_prep's build_summary.json, else (or for an incomplete
     set of shards) by reading the shards (at disk speed, a small fraction of the evaluation itself)."""
-    try:
-        if len(files) != input_pipeline.shard_set_size(files[0]):
-            raise ValueError("the summary counts the whole set")
-        with open(os.path.join(data_dir, "build_summary.json"), encoding="utf-8") as handle:
-            return int(json.load(handle)["splits"]["validation"]["images_written"])
-    except (OSError, KeyError, TypeError, ValueError):
-        records = _read_records(files, skip_corrupt_records)
-        return int(records.reduce(np.int64(0), lambda count, _: count + 1))
+    if len(files) == input_pipeline.shard_set_size(files[0]):  # the summary counts the whole set
+        info = dataset_info.read_dataset_info(data_dir)
+        if info is not None and info.eval_examples is not None:
+            return info.eval_examples
+    records = _read_records(files, skip_corrupt_records)
+    return int(records.reduce(np.int64(0), lambda count, _: count + 1))
 
 
 def _serve_skipping_corrupt(serve, images):
@@ -142,6 +141,9 @@ def evaluate(saved_model_dir, data_dir, *, batch_size=64, label_offset=None, bla
         result = _evaluate_records(opened.serve, data_dir, files, num_classes, label_offset,
                                    batch_size, blacklist, progress_interval, skip_corrupt_records)
     except tf.errors.OpError as error:
+        message = input_pipeline.data_error_message(error)
+        if message:
+            raise PipelineError(f"bad record in --data_dir: {message}") from None
         shard_check.locate_or_raise(error, data_dir, splits=("validation",))
         raise
     result["provenance"] = run_record.export_summary(opened.info, opened.provenance)
@@ -150,7 +152,10 @@ def evaluate(saved_model_dir, data_dir, *, batch_size=64, label_offset=None, bla
 
 def _evaluate_records(serve, data_dir, files, num_classes, label_offset, batch_size, blacklist,
                       progress_interval, skip_corrupt_records):
-    records = _read_records(files, skip_corrupt_records).map(
+    hint = (f" of this {num_classes}-class export with label offset {label_offset} (labels "
+            f"{label_offset}..{label_offset + num_classes - 1}): check --label_offset")
+    records = _read_records(files, skip_corrupt_records,
+                            record_schema.LabelRange(label_offset, num_classes), hint).map(
         lambda record: tf.io.parse_single_example(record, _RECORD_FEATURES),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     records = records.batch(batch_size).prefetch(2)
@@ -169,12 +174,6 @@ def _evaluate_records(serve, data_dir, files, num_classes, label_offset, batch_s
         if not keep.any():
             continue
         labels = batch["image/class/label"][keep] - label_offset
-        if labels.min() < 0 or labels.max() >= num_classes:
-            bad = int(batch["image/class/label"][keep][(labels < 0) | (labels >= num_classes)][0])
-            raise PipelineError(
-                f"a record in {data_dir} has label {bad}, outside [{label_offset}, "
-                f"{label_offset + num_classes}) for this {num_classes}-class export with "
-                f"label offset {label_offset}: check --label_offset")
         try:
             logits = serve(image_bytes=tf.constant(batch["image/encoded"][keep]))["logits"]
         except tf.errors.InvalidArgumentError:
@@ -236,6 +235,7 @@ def define_flags():
     flags.DEFINE_boolean("skip_corrupt_records", False, "Leave out (and count) records whose bytes "
                          "do not read or whose image does not decode, instead of stopping.")
     flags.mark_flags_as_required(["saved_model_dir", "data_dir"])
+    flags_core.set_ranges({"batch_size": flags_core.AT_LEAST_1, "label_offset": flags_core.AT_LEAST_0})
 
 
 def main(argv):
@@ -243,8 +243,9 @@ def main(argv):
     flag_values = flags.FLAGS
     logging_setup.log_through_absl_only()
     try:
-        if flag_values.batch_size < 1:
-            raise PipelineError(f"--batch_size={flag_values.batch_size}: must be at least 1")
+        problem = flags_core.check_numeric_flags(flag_values)
+        if problem:
+            raise PipelineError(problem)
         if flag_values.per_class_csv:
             run_safety.writable_file(flag_values.per_class_csv, "--per_class_csv")
         blacklist = read_blacklist(flag_values.blacklist_file) if flag_values.blacklist_file else set()

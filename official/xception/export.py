@@ -18,7 +18,9 @@ checkpoint (docs/DESIGN.md §11).
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 
@@ -34,6 +36,8 @@ IMAGES_SIGNATURE = "predict_images"
 EXPORT_INFO = "export_info.json"
 _AVERAGE_SUFFIX = "/ExponentialMovingAverage"
 _TOP_K = 5
+# An export is written below `.export-<host>-<pid>-...` and renamed into place when complete.
+_STAGING_PREFIX = ".export-"
 
 
 def checkpoint_values(checkpoint_path, variables, use_moving_averages=True):
@@ -90,10 +94,25 @@ class _Classifier(tf.Module):
         self._image_size = image_size
         self._central_fraction = central_fraction
         self.predict_images = tf.function(
-            self._predict_images,
+            self._checked_predict_images,
             input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, "images")])
         self.serve_image_bytes = tf.function(
             self._serve_image_bytes, input_signature=[tf.TensorSpec([None], tf.string, "image_bytes")])
+
+    def _checked_predict_images(self, images):
+        # A signature's declared shape is not enforced when it is called through the SavedModel
+        # (TF Serving, `signatures[...]`): other sizes and NaN pixels would be answered silently.
+        size = self._image_size
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(images)[1:], tf.constant([size, size, 3]),
+                message=f"predict_images takes images of shape [batch, {size}, {size}, 3] "
+                        "(preprocessed to [-1, 1]); got another shape"),
+            tf.debugging.assert_all_finite(
+                images, "predict_images takes finite pixel values (preprocessed to [-1, 1])"),
+        ]
+        with tf.control_dependencies(checks):
+            return self._predict_images(tf.identity(images))
 
     def _predict_images(self, images):
         # The convolution kernels reject an empty batch: an empty request runs one blank image and
@@ -172,7 +191,9 @@ def export_saved_model(checkpoint_path, export_dir_base, *, num_classes, image_s
     model.set_weights(values)
 
     os.makedirs(export_dir_base, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=export_dir_base)
+    _remove_dead_staging(export_dir_base)
+    staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-",
+                               dir=export_dir_base)
     try:
         dataset_info.write_class_names(staging, rows)
         classifier = _Classifier(model, rows, os.path.join(staging, dataset_info.CLASSES_FILE),
@@ -208,6 +229,22 @@ def export_saved_model(checkpoint_path, export_dir_base, *, num_classes, image_s
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return export_path, averaged
+
+
+def _remove_dead_staging(export_dir_base):
+    """Removes the staging folders of exports on this host whose process is gone (killed mid-export);
+    other hosts' may still be writing."""
+    pattern = re.compile(re.escape(f"{_STAGING_PREFIX}{socket.gethostname()}-") + r"(\d+)-")
+    for name in os.listdir(export_dir_base):
+        match = pattern.match(name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(export_dir_base, name), ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def read_export_info(saved_model_dir):

@@ -42,8 +42,9 @@ def check_version_dir(saved_model_dir, flag):
                       key=int)
     if versions:
         raise PipelineError(
-            f"{flag}={saved_model_dir} holds {len(versions)} exports, not one: give a version "
-            f"directory, e.g. the newest: {flag}={os.path.join(saved_model_dir, versions[-1])}")
+            f"{flag}={saved_model_dir} is the parent of {len(versions)} "
+            f"export{'s' if len(versions) > 1 else ''}, not one: give a version directory, e.g. the "
+            f"newest: {flag}={os.path.join(saved_model_dir, versions[-1])}")
     raise PipelineError(f"{flag}={saved_model_dir} is not a SavedModel (no saved_model.pb): give a "
                         "version directory that imagenet_main --export_dir wrote")
 
@@ -67,7 +68,8 @@ def open_export(saved_model_dir, flag="--saved_model_dir"):
     info = _read_info(saved_model_dir)
     try:
         serve = tf.saved_model.load(saved_model_dir).signatures[export.SERVING_SIGNATURE]
-    except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
+    except (OSError, ValueError, KeyError, IndexError, tf.errors.OpError) as error:
+        # IndexError: TensorFlow's reader of a truncated variables.data file (an interrupted copy).
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PipelineError(f"{flag}={saved_model_dir} cannot be loaded ({first_line}): export the "
                             "checkpoint again with imagenet_main --export_only") from None

@@ -533,8 +533,8 @@ def _log_evaluation(results, expected_examples, counted_examples_exact, skip_cor
         # What evaluation kept, against the split's size, also counts the records lost to
         # unreadable bytes, which no stage of tf.data can count.
         logging.warning("--skip_corrupt_records: evaluation left out %s of %d validation records; "
-                        "%d images that do not decode left out so far in this process (training "
-                        "counts one each time it reads it)",
+                        "%d records that break the schema or whose image does not decode left out "
+                        "so far in this process (training counts one each time it reads it)",
                         expected_examples - results[model_fn_lib.EVAL_EXAMPLES_KEY]
                         if counted_examples_exact else "an unknown number", expected_examples,
                         input_pipeline.skipped_image_count())
@@ -583,6 +583,9 @@ def run(flags_obj, model_builder=None):
     if not flags_obj.model_dir:
         raise PipelineError("--model_dir is required (checkpoints and summaries go there)")
     run_checks.validate_run_flags(flags_obj)
+    if flags_obj.eval_only and flags_obj.export_only:
+        raise PipelineError("--eval_only and --export_only each do one thing only: run with one, "
+                            "then with the other")
     if flags_obj.export_only:
         if not flags_obj.export_dir:
             raise PipelineError("--export_only needs --export_dir (where the SavedModel goes)")
@@ -605,7 +608,13 @@ def run(flags_obj, model_builder=None):
                 print(f"this task's full log: {log_file}", file=sys.stderr, flush=True)
     info = apply_dataset_info(flags_obj)
     if not flags_obj.eval_only:
-        run_safety.lock_model_dir(flags_obj.model_dir, run_safety.task_name(tf_config))
+        task = run_safety.task_name(tf_config)
+        run_safety.lock_model_dir(flags_obj.model_dir, task)
+        if task == "train":  # alone, this process makes every save into --model_dir
+            removed = run_safety.remove_save_leftovers(flags_obj.model_dir)
+            if removed:
+                logging.warning("Removed what a killed checkpoint save left in --model_dir: %s",
+                                ", ".join(removed))
     placement = make_placement(flags_obj.distribution_strategy, flags_obj.num_gpus,
                                flags_obj.num_cpu_replicas, flags_obj.all_reduce_alg, tf_config,
                                flags_obj.peer_timeout_secs)
@@ -639,8 +648,14 @@ def run(flags_obj, model_builder=None):
     count_is_exact = eval_steps is None
     if info is not None and placement.is_chief and not flags_obj.eval_only:
         # Beside the checkpoints, so that a later --export_only names the classes right.
-        dataset_info.write_class_names(
-            flags_obj.model_dir, info.class_names(flags_obj.label_offset, flags_obj.num_classes))
+        try:
+            dataset_info.write_class_names(
+                flags_obj.model_dir, info.class_names(flags_obj.label_offset, flags_obj.num_classes))
+        except (OSError, tf.errors.OpError) as error:
+            message = run_safety.io_error_message(error, f"--model_dir={flags_obj.model_dir}")
+            if message is None:
+                raise
+            raise PipelineError(f"{message} (classes.tsv)") from None
 
     with explained_run_errors(flags_obj.model_dir, flags_obj.data_dir):
         if placement.is_chief and not flags_obj.eval_only:

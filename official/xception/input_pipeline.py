@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from official.utils import dataset_info
+from official.utils import record_schema
 from official.utils.errors import PipelineError
 from official.xception import preprocessing
 
@@ -30,25 +31,17 @@ VALIDATION_PATTERN = "validation-*-of-*"
 _TRAIN_CYCLE_LENGTH = 16
 _READ_BUFFER_BYTES = 8 * 1024 * 1024
 
-# The names data_prep and the established tools give shards; anything else matching the glob (a
-# copy with a suffix, a temporary file) is not a shard.
-_SHARD_NAME = re.compile(r"^(?:train|validation)-(\d+)-of-(\d+)$")
+_SHARD_NAME = record_schema.SHARD_NAME
 
-_LABEL_ERROR = "image/class/label of a record is outside"
+# Starts the message of a record that breaks the schema (record_schema.record_problem), so that it
+# can be found again in the error tf.data raises around it.
+_BAD_RECORD = "bad record: "
 
-# Images that did not decode and were left out by skip_corrupt_records in this process, counted as
-# they fail (tf.data's ignore_errors counts nothing).
+# Records that break the schema and images that did not decode, left out by skip_corrupt_records in
+# this process, counted as they fail (tf.data's ignore_errors counts nothing).
 _skipped_images = 0
 _skipped_images_lock = threading.Lock()
 
-_BOX_COORDINATES = ("ymin", "xmin", "ymax", "xmax")
-_IMAGE_FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-}
-_TRAIN_FEATURES = dict(_IMAGE_FEATURES, **{
-    "image/object/bbox/" + coordinate: tf.io.VarLenFeature(tf.float32)
-    for coordinate in _BOX_COORDINATES})
 
 
 def _check_positive_int(value, name):
@@ -58,7 +51,7 @@ def _check_positive_int(value, name):
 
 def shard_set_size(path):
     """N of a shard named `{split}-%05d-of-N`."""
-    return int(_SHARD_NAME.match(os.path.basename(path)).group(2))
+    return int(_SHARD_NAME.match(os.path.basename(path)).group(3))
 
 
 def _incomplete_hint(data_dir):
@@ -83,7 +76,7 @@ def _check_complete(files, pattern, data_dir, allow_incomplete):
             f"files matching {pattern} come from shard sets of different sizes "
             f"({', '.join(str(total) for total in sorted(totals))}): keep one set in --data_dir")
     total = totals.pop()
-    present = {int(_SHARD_NAME.match(os.path.basename(path)).group(1)) for path in files}
+    present = {int(_SHARD_NAME.match(os.path.basename(path)).group(2)) for path in files}
     missing = sorted(set(range(total)) - present)
     if missing and not allow_incomplete:
         first = os.path.basename(files[0]).split("-")[0] + "-%05d-of-%05d" % (missing[0], total)
@@ -112,6 +105,8 @@ def list_input_files(data_dir, is_training, input_context=None, allow_incomplete
         raise PipelineError(
             f"no files match {pattern}: point --data_dir at the directory of TFRecord shards that "
             "data_prep writes (train-00000-of-01024, validation-00000-of-00128, ...)")
+    for path in files:
+        record_schema.check_regular_file(path)
     _check_complete(files, pattern, data_dir, allow_incomplete_shards)
     if input_context is None or input_context.num_input_pipelines == 1:
         return files
@@ -140,31 +135,69 @@ def shuffle_seed(seed, input_pipeline_id, start_step):
     return int.from_bytes(digest[:8], "little") >> 1  # a non-negative int64
 
 
-def _parse_record(serialized, num_classes, label_offset, with_boxes):
-    """Returns (image bytes, label int32 in [0, num_classes), boxes [1, N, 4] or None)."""
+def _label_hint(label_offset, num_classes):
+    return (f"; --label_offset={label_offset} and --num_classes={num_classes} accept labels "
+            f"{label_offset}..{label_offset + num_classes - 1}: use --label_offset=1 for labels "
+            "1..1000 with 1000 classes, --label_offset=0 for 1001 classes or 0-based labels")
+
+
+def checked_records(path, labels, skip_corrupt_records=False, label_hint=""):
+    """The records of one shard that pass record_schema.record_problem against `labels`.
+
+    A record that does not raises InvalidArgumentError whose message `data_error_message` turns into
+    `path record N: problem` (+ `label_hint` for a label problem), or, with `skip_corrupt_records`,
+    is counted and left out (as are unreadable bytes, which end the shard); a label outside
+    `labels` says the flags do not fit the data, and stays an error.
+    """
+    records = tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)
+    if skip_corrupt_records:
+        records = records.ignore_errors()
+
+    def check(shard, index, serialized):
+        """(keep, message): the message of a record that stops the run, else ""."""
+        problem = record_schema.record_problem(serialized, labels)
+        if problem is None:
+            return True, b""
+        is_label = problem.startswith(record_schema.LABEL_PROBLEM)
+        if skip_corrupt_records and not is_label:  # a label outside the flags is no corruption
+            _count_skipped_image()
+            return False, b""
+        if is_label:
+            problem += label_hint
+        return False, f"{_BAD_RECORD}{shard.decode()} record {index}: {problem}".encode()
+
+    def stop_on_problem(serialized, keep, message):
+        # Raised by an Assert rather than from Python: TensorFlow logs a Python exception of
+        # numpy_function with its whole traceback.
+        check_op = tf.debugging.Assert(tf.equal(message, ""), [message])
+        with tf.control_dependencies([check_op]):
+            return tf.identity(serialized), keep
+
+    checked = records.enumerate().map(
+        lambda index, serialized: (serialized, *tf.numpy_function(
+            check, [path, index, serialized], [tf.bool, tf.string], name="record_schema_check")))
+    checked = checked.map(stop_on_problem)
+    return checked.filter(lambda serialized, keep: keep).map(lambda serialized, keep: serialized)
+
+
+_IMAGE_FEATURES = {
+    record_schema.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+    record_schema.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+}
+_TRAIN_FEATURES = dict(_IMAGE_FEATURES, **{key: tf.io.VarLenFeature(tf.float32)
+                                           for key in record_schema.BOX_KEYS})
+
+
+def parse_record(serialized, label_offset, with_boxes):
+    """(image bytes, label int32, boxes [1, N, 4] or None) of a record that checked_records passed."""
     features = tf.io.parse_single_example(serialized,
                                           _TRAIN_FEATURES if with_boxes else _IMAGE_FEATURES)
     boxes = None
     if with_boxes:
-        boxes = tf.stack([tf.sparse.to_dense(features["image/object/bbox/" + coordinate])
-                          for coordinate in _BOX_COORDINATES], axis=1)[tf.newaxis]
-    record_label = features["image/class/label"]
-    label = record_label - label_offset
-    label_ok = tf.logical_and(label >= 0, label < num_classes)
-    check = tf.debugging.Assert(label_ok, [
-        f"{_LABEL_ERROR} [{label_offset}, {label_offset + num_classes}), the range for "
-        f"--label_offset={label_offset} and --num_classes={num_classes}: use --label_offset=1 for "
-        "labels 1..1000 with 1000 classes, --label_offset=0 for 1001 classes or 0-based labels; "
-        "the label is", record_label])
-    with tf.control_dependencies([check]):
-        label = tf.cast(label, tf.int32)
-    return features["image/encoded"], label, boxes
-
-
-def parse_example(serialized):
-    """The features this pipeline reads from one serialized record (boxes included); raises
-    InvalidArgumentError when the record does not fit the schema."""
-    return tf.io.parse_single_example(serialized, _TRAIN_FEATURES)
+        boxes = tf.stack([tf.sparse.to_dense(features[key]) for key in record_schema.BOX_KEYS],
+                         axis=1)[tf.newaxis]
+    label = tf.cast(features[record_schema.LABEL_KEY] - label_offset, tf.int32)
+    return features[record_schema.IMAGE_KEY], label, boxes
 
 
 def skipped_image_count():
@@ -200,9 +233,8 @@ def data_error_message(error):
       The check's message with the offending value (for main modules to print instead of a
       traceback), or None when `error` is something else.
     """
-    pattern = r"assertion failed: \[(%s[^\]]*)\] \[(-?\d+)\]" % re.escape(_LABEL_ERROR)
-    match = re.search(pattern, error.message)
-    return f"{match.group(1)} {match.group(2)}" if match else None
+    match = re.search(re.escape(_BAD_RECORD) + r"(.*?)\]", error.message)
+    return match.group(1) if match else None
 
 
 def input_fn(is_training, data_dir, batch_size, input_context=None, *, image_size=299,
@@ -254,13 +286,14 @@ def input_fn(is_training, data_dir, batch_size, input_context=None, *, image_siz
         seed = shuffle_seed(seed, input_context.input_pipeline_id if input_context else 0,
                             start_step)
 
-    def read_records(paths):
-        records = tf.data.TFRecordDataset(paths, buffer_size=_READ_BUFFER_BYTES)
-        return records.ignore_errors() if skip_corrupt_records else records
+    labels = record_schema.LabelRange(label_offset, num_classes)
+    hint = _label_hint(label_offset, num_classes)
+
+    def read_records(path):
+        return checked_records(path, labels, skip_corrupt_records, hint)
 
     def parse(serialized):
-        image_bytes, label, boxes = _parse_record(serialized, num_classes, label_offset,
-                                                  with_boxes=is_training)
+        image_bytes, label, boxes = parse_record(serialized, label_offset, with_boxes=is_training)
         return (image_bytes, label, boxes) if is_training else (image_bytes, label)
 
     def preprocess(image_bytes, label, boxes=None):
@@ -286,12 +319,12 @@ def input_fn(is_training, data_dir, batch_size, input_context=None, *, image_siz
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     else:
         deterministic = True
-        # Skipping needs one reader per file, so that unreadable bytes end one file, not all.
-        dataset = (tf.data.Dataset.from_tensor_slices(files).flat_map(read_records)
-                   if skip_corrupt_records else read_records(files))
+        # One reader per file: records are named by shard, and skipped unreadable bytes end one
+        # file, not all.
+        dataset = tf.data.Dataset.from_tensor_slices(files).flat_map(read_records)
     if skip_corrupt_records:
-        # Separate maps so that only images that fail to decode are skipped: a label outside the
-        # classes stays an error.
+        # Separate maps so that a failed decode skips one image (records that break the schema
+        # were skipped by read_records).
         dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=deterministic)
         dataset = dataset.interleave(

@@ -13,6 +13,7 @@ import os
 import tensorflow as tf
 
 from official.utils import dataset_info
+from official.utils import flags_core
 from official.utils import run_safety
 from official.utils.errors import PipelineError
 from official.xception import preprocessing
@@ -42,13 +43,9 @@ def check_checkpoint_path(path, flag):
 def validate_run_flags(flags_obj):
     """Raises PipelineError for any number or output location of imagenet_main that cannot work,
     before any data is read or anything is trained."""
-    run_safety.check_positive_finite(flags_obj.train_epochs, "train_epochs")
-    run_safety.check_positive_finite(flags_obj.epochs_between_evals, "epochs_between_evals")
-    run_safety.check_int_at_least(flags_obj.max_train_steps, "max_train_steps", 1)
-    run_safety.check_int_at_least(flags_obj.log_steps, "log_steps", 1)
-    run_safety.check_int_at_least(flags_obj.seed, "seed", 0)
-    run_safety.check_int_at_least(flags_obj.save_checkpoints_steps, "save_checkpoints_steps", 1)
-    run_safety.check_int_at_least(flags_obj.keep_checkpoint_max, "keep_checkpoint_max", 0)
+    problem = flags_core.check_numeric_flags(flags_obj)
+    if problem:
+        raise PipelineError(problem)
     try:
         preprocessing.check_central_fraction(flags_obj.eval_central_fraction)
     except PipelineError as error:

@@ -18,6 +18,8 @@ from typing import List
 import numpy as np
 import tensorflow as tf
 
+from official.utils import dataset_info
+from official.utils import record_schema
 from official.utils.errors import PipelineError
 from official.utils.progress import ProgressReporter
 from official.xception import input_pipeline
@@ -57,32 +59,35 @@ def is_data_error(error):
     return isinstance(error, tf.errors.InvalidArgumentError) and bool(_DATA_ERROR.search(error.message))
 
 
-def _parse_and_decode(serialized):
-    features = input_pipeline.parse_example(serialized)
-    image = preprocessing.preprocess_for_eval(features["image/encoded"],
-                                              xception_model.MIN_IMAGE_SIZE)
-    # A value of the pixels: the shape alone is static, and the decode would be optimised away.
-    return tf.reduce_mean(image)
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+def _decode(serialized):
+    """A value of the pixels of a record that record_schema passed, decoded as evaluation does (the
+    shape alone is static, and the decode would be optimised away)."""
+    image_bytes, _, _ = input_pipeline.parse_record(serialized, 0, with_boxes=False)
+    return tf.reduce_mean(preprocessing.preprocess_for_eval(image_bytes,
+                                                            xception_model.MIN_IMAGE_SIZE))
 
 
-def _parse(serialized):
-    return tf.size(input_pipeline.parse_example(serialized)["image/encoded"])
-
-
-_CHECKS = {True: _parse_and_decode, False: _parse}  # by check_images
-_RECORD_CHECKS = {check_images: tf.function(check, input_signature=[tf.TensorSpec([], tf.string)])
-                  for check_images, check in _CHECKS.items()}
-
-
-def _count_if_clean(path, check_images):
-    """The shard's record count when every record passes, at tf.data speed (parallel, no Python per
-    record); None when some record fails."""
-    records = tf.data.TFRecordDataset(path).map(_CHECKS[check_images],
-                                                 num_parallel_calls=tf.data.AUTOTUNE)
+def _count_if_clean(path, check_images, labels):
+    """The shard's record count when every record passes, at tf.data speed (parallel, little Python
+    per record); None when some record fails."""
+    records = input_pipeline.checked_records(path, labels)
+    if check_images:
+        records = records.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
     try:
         return int(records.reduce(np.int64(0), lambda count, _: count + 1))
     except tf.errors.OpError:
         return None
+
+
+def label_range(data_dir):
+    """The labels build_summary.json lists (a record_schema.LabelRange), None without a summary (or
+    with one that its readers refuse: that is their error to report, this checks the shards)."""
+    try:
+        info = dataset_info.read_dataset_info(data_dir)
+    except PipelineError:
+        info = None
+    return None if info is None else record_schema.LabelRange(info.first_label, len(info.classes))
 
 
 def _first_line(message):
@@ -93,26 +98,28 @@ def _first_line(message):
     return lines[0] if lines else "unknown error"
 
 
-def check_shard(path, check_images=True, expected_records=None, stop_at_first=False):
-    """(records read, [BadRecord]) of one shard.
+def check_shard(path, check_images=True, expected_records=None, stop_at_first=False, labels=None):
+    """(records read, [BadRecord]) of one shard: records that break record_schema (labels within
+    `labels`, a LabelRange or None), images that do not decode, unreadable bytes.
 
     A TFRecord file cannot be resynchronised after unreadable bytes, so its first unreadable record
     ends the scan of that shard. A shard that fails the fast check is read again record by record to
     find what fails.
     """
-    count = _count_if_clean(path, check_images)
+    count = _count_if_clean(path, check_images, labels)
     if count is not None:
         return count, _count_mismatch(path, count, expected_records)
-    check = _RECORD_CHECKS[check_images]
     bad, count = [], 0
     try:
         for record in tf.data.TFRecordDataset(path):
-            try:
-                check(record)
-            except tf.errors.InvalidArgumentError as error:
-                what = ("image does not decode" if check_images and "Key: " not in error.message
-                        else "record does not parse as an ImageNet example")
-                bad.append(BadRecord(path, count, f"{what} ({_first_line(error.message)})"))
+            problem = record_schema.record_problem(record.numpy(), labels)
+            if problem is None and check_images:
+                try:
+                    _decode(record)
+                except tf.errors.InvalidArgumentError as error:
+                    problem = f"image does not decode ({_first_line(error.message)})"
+            if problem is not None:
+                bad.append(BadRecord(path, count, problem))
                 if stop_at_first:
                     return count + 1, bad
             count += 1
@@ -166,6 +173,7 @@ def scan_shards(data_dir, splits=tuple(SPLITS), check_images=True, num_threads=N
     """
     files = split_files(data_dir, splits)
     expected = _expected_records(data_dir)
+    labels = label_range(data_dir)
     result = ScanResult()
     progress = ProgressReporter("verified", len(files), unit="shards", interval=progress_interval,
                                 stream=stream)
@@ -174,7 +182,8 @@ def scan_shards(data_dir, splits=tuple(SPLITS), check_images=True, num_threads=N
     def scan(path):
         if stop.is_set():
             return 0, []
-        return check_shard(path, check_images, expected.get(os.path.basename(path)), stop_at_first)
+        return check_shard(path, check_images, expected.get(os.path.basename(path)), stop_at_first,
+                           labels)
 
     workers = num_threads or min(32, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:

@@ -15,6 +15,7 @@ import sys
 from absl import app
 from absl import flags
 
+from official.utils import flags_core
 from official.utils import logging_setup
 from official.utils.errors import PipelineError
 from official.xception import shard_check
@@ -29,6 +30,7 @@ def define_flags():
     flags.DEFINE_integer("num_threads", None, "Shards checked at once (default: one per core, up to "
                          "32).")
     flags.mark_flag_as_required("data_dir")
+    flags_core.set_ranges({"num_threads": flags_core.AT_LEAST_1})
 
 
 def main(argv):
@@ -40,8 +42,9 @@ def main(argv):
         # A directory of one split (e.g. validation only) is checked as it is.
         splits = shard_check.present_splits(flag_values.data_dir) or tuple(shard_check.SPLITS)
     try:
-        if flag_values.num_threads is not None and flag_values.num_threads < 1:
-            raise PipelineError(f"--num_threads={flag_values.num_threads}: must be at least 1")
+        problem = flags_core.check_numeric_flags(flag_values)
+        if problem:
+            raise PipelineError(problem)
         result = shard_check.scan_shards(flag_values.data_dir, splits,
                                          check_images=flag_values.check_images,
                                          num_threads=flag_values.num_threads)

@@ -8,6 +8,7 @@ from absl import flags
 
 from official.utils import flags_core
 from official.xception import model_fn
+from official.xception.xception_model import MIN_IMAGE_SIZE
 
 # The recipe of the paper (see docs/DESIGN.md §6).
 PAPER_LEARNING_RATE = 0.045
@@ -16,6 +17,9 @@ PAPER_LEARNING_RATE = 0.045
 REFERENCE_BATCH_SIZE = 256
 IMAGENET_TRAIN_EXAMPLES = 1281167
 IMAGENET_EVAL_EXAMPLES = 50000
+# Far above any input Xception is trained at (299; 448-512 for fine-tuning), far below one whose
+# activations need more memory than any accelerator has (100000 fails only after minutes).
+MAX_IMAGE_SIZE = 2048
 
 
 def define_data(flag_values=flags.FLAGS):
@@ -35,6 +39,9 @@ def define_data(flag_values=flags.FLAGS):
                          "bytes end that shard); each evaluation logs how many were left out. Off "
                          "by default: find bad shards with official.xception.verify_shards.",
                          flag_values=flag_values)
+    flags_core.set_ranges({"train_examples": flags_core.AT_LEAST_1,
+                           "eval_examples": flags_core.AT_LEAST_1,
+                           "shuffle_buffer": flags_core.AT_LEAST_1})
 
 
 def define_model(flag_values=flags.FLAGS):
@@ -68,6 +75,14 @@ def define_model(flag_values=flags.FLAGS):
                        flag_values=flag_values)
     flags.DEFINE_boolean("fine_tune", False, "Train only the head (layer 'predictions'); batch "
                          "norm below it stays frozen.", flag_values=flag_values)
+    flags_core.set_ranges({
+        "image_size": flags_core.Range(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+        "num_classes": flags_core.AT_LEAST_1, "label_offset": flags_core.AT_LEAST_0,
+        "dropout_rate": flags_core.Range(0, 1, high_open=True),
+        "batch_norm_momentum": flags_core.FRACTION,
+        "label_smoothing": flags_core.Range(0, 1, high_open=True),
+        "weight_decay": flags_core.AT_LEAST_0,
+        "pretrained_learning_rate_multiplier": flags_core.AT_LEAST_0})
 
 
 def define_optimization(flag_values=flags.FLAGS):
@@ -105,6 +120,14 @@ def define_optimization(flag_values=flags.FLAGS):
                          "under raw_weights/) beside their Polyak averages, in the same pass over "
                          "the data; --noeval_raw_weights saves that second forward pass.",
                          flag_values=flag_values)
+    flags_core.set_ranges({
+        "momentum": flags_core.Range(0, 1, high_open=True),
+        "base_learning_rate": flags_core.POSITIVE, "base_batch_size": flags_core.AT_LEAST_1,
+        "lr_decay_rate": flags_core.Range(0, 1, low_open=True),
+        "lr_decay_epochs": flags_core.POSITIVE,
+        "lr_boundary_decay": flags_core.Range(0, 1, low_open=True),
+        "warmup_epochs": flags_core.AT_LEAST_0,
+        "moving_average_decay": flags_core.Range(0, 1, high_open=True)})
 
 
 def define_augmentation(flag_values=flags.FLAGS):
@@ -122,6 +145,7 @@ def define_augmentation(flag_values=flags.FLAGS):
                          "off.", flag_values=flag_values)
     flags.DEFINE_float("eval_central_fraction", 0.875, "Evaluation and serving: central crop "
                        "fraction of each side before the resize.", flag_values=flag_values)
+    flags_core.set_ranges({"min_object_covered": flags_core.FRACTION})
 
 
 def define_all(flag_values=flags.FLAGS):
