@@ -117,7 +117,7 @@ def test_tfjob_chief_worker_and_evaluator(data_dir, tmp_path):
     # Only the chief records the run, with the shape of the cluster; the report of the shared
     # directory tables what the evaluator evaluated.
     (record,) = provenance.read_records(str(model_dir / provenance.RECORD_NAME))
-    assert record["cluster"]["tasks"] == {"chief": 1, "worker": 1}
+    assert record["cluster"]["tasks"] == {"chief": 1, "worker": 1, "evaluator": 1}
     assert record["cluster"]["task"] == {"type": "chief", "index": 0}
     assert (record["cluster"]["replicas"], record["start_step"]) == (2, 0)
     report_path, picture_path = report.write_report(str(model_dir))

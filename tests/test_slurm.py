@@ -152,7 +152,7 @@ def test_sbatch_does_not_relaunch_bad_input(slurm, data_dir, tmp_path):
     assert re.search(r"error: task [01] exited with 1 \(see .*task-[01]\.log\): not relaunching",
                      log), log
     task_log = open(glob.glob(os.path.join(model_dir, "slurm-*", "task-0.log"))[0]).read()
-    assert "error: image_size must be at least 71" in task_log, task_log[-2000:]
+    assert "error: --image_size=10: must be an integer in [71, 2048]" in task_log, task_log[-2000:]
 
 
 def test_tasks_on_one_node_keep_their_own_cuda_visible_devices(slurm, tmp_path):

@@ -205,14 +205,6 @@ def tf_config_from_slurm(port):
     return {"cluster": cluster, "task": {"type": task_type, "index": task_id}}
 
 
-def check_timeout(peer_timeout_secs):
-    """Raises PipelineError unless --peer_timeout_secs is a positive number of seconds (nan and inf
-    would wait forever, at start-up and in every collective)."""
-    if not 0 < peer_timeout_secs < float("inf"):
-        raise PipelineError(f"--peer_timeout_secs must be a positive number of seconds, got "
-                            f"{peer_timeout_secs:g}")
-
-
 def training_task_count(tf_config):
     cluster = tf_config.get("cluster", {})
     return sum(len(cluster.get(job, [])) for job in TRAINING_JOBS)
@@ -377,6 +369,10 @@ class _SessionRecreationWatch(logging.Filter):
         return record.levelno >= self._passed_level
 
 
+# How TensorFlow prefixes the error a collective receives when another participant failed.
+_PEER_ABORT = "Collective ops is aborted by"
+
+
 @contextlib.contextmanager
 def peer_loss_ends_task(tf_config, timeout_secs):
     """Within it, losing another training task ends this one with PEER_LOST_EXIT_CODE: when
@@ -391,6 +387,13 @@ def peer_loss_ends_task(tf_config, timeout_secs):
         yield
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
             tf.errors.AbortedError, tf.errors.CancelledError) as error:
+        exit_peer_lost(tf_config, error.message, timeout_secs)
+    except tf.errors.OpError as error:
+        # A peer that fails on its own (a corrupt record, a NaN loss) aborts the collective it was
+        # in, and the others receive its error, with its code, under this prefix: that peer reports
+        # the error itself; here it is a lost peer.
+        if _PEER_ABORT not in error.message:
+            raise
         exit_peer_lost(tf_config, error.message, timeout_secs)
     finally:
         logger.removeFilter(watch)

@@ -164,7 +164,6 @@ def make_placement(strategy_name, num_gpus, num_cpu_replicas, all_reduce_alg, tf
         if not tf_config.get("cluster"):
             raise PipelineError("--distribution_strategy=multi_worker_mirrored needs TF_CONFIG or "
                                 "--worker_hosts and --task_index")
-        cluster.check_timeout(peer_timeout_secs)
         if task_type == cluster.EVALUATOR:
             # The evaluator reads the chief's checkpoints on one device and trains nothing; its
             # batch is the training replicas'.
@@ -561,7 +560,6 @@ def check_cluster_flags(flags_obj, training_tasks):
             f"{' and '.join(single_machine_only)} apply to one machine; several machines train to "
             "--train_epochs (or --max_train_steps) while the evaluator evaluates each new "
             "checkpoint (--eval_throttle_secs): leave them out")
-    cluster.check_timeout(flags_obj.peer_timeout_secs)
     if flags_obj.batch_size % training_tasks:
         raise PipelineError(f"--batch_size={flags_obj.batch_size} is the global batch and must "
                             f"divide evenly by the {training_tasks} training tasks' replicas: use a "
