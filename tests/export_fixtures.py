@@ -1,6 +1,8 @@
 """A small trained-looking checkpoint (random weights, Polyak averages that differ from them) and its
 export, shared by the export and SavedModel-evaluation tests."""
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -68,3 +70,14 @@ def rewrite_checkpoint_without(checkpoint_path, dropped_name):
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
             saver.save(session, checkpoint_path, write_meta_graph=False, write_state=False)
+
+
+def serve_first_validation_record(saved_model_dir, data_dir):
+    """The SavedModel's serving_default outputs for the first record of `data_dir`'s validation shards,
+    sent as the JPEG bytes a client would send."""
+    serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
+    record = next(iter(tf.data.TFRecordDataset(
+        tf.io.gfile.glob(os.path.join(data_dir, "validation-*")))))
+    encoded = tf.io.parse_single_example(
+        record, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"]
+    return serve(image_bytes=tf.reshape(encoded, [1]))

@@ -65,14 +65,15 @@ def make_example(encoded, label, height, width, bboxes=(), image_format="JPEG",
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_shards(directory, split, examples, num_shards):
-    """Writes serialized `examples` round-robin into `{split}-%05d-of-%05d` files; returns the paths."""
+def write_shards(directory, split, examples, num_shards, indexes=None):
+    """Writes serialized `examples` round-robin into `{split}-%05d-of-%05d` files, the shards
+    `indexes` of the `num_shards` (all by default, so a set may be left incomplete); returns the paths."""
     os.makedirs(directory, exist_ok=True)
     paths = [os.path.join(directory, "%s-%05d-of-%05d" % (split, i, num_shards))
-             for i in range(num_shards)]
+             for i in (range(num_shards) if indexes is None else indexes)]
     writers = [tf.io.TFRecordWriter(path) for path in paths]
     for index, example in enumerate(examples):
-        writers[index % num_shards].write(example)
+        writers[index % len(writers)].write(example)
     for writer in writers:
         writer.close()
     return paths

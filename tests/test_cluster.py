@@ -12,14 +12,13 @@ import subprocess
 import sys
 import time
 
-from absl import flags
 import pytest
 import tensorflow as tf
 
 from official.utils import cluster
 from official.utils.errors import PipelineError
 from official.xception import imagenet_main
-from official.xception import xception_flags
+from tests import main_flags
 from tests import process_fixtures
 from tests import record_fixtures
 
@@ -324,11 +323,7 @@ def test_an_evaluator_whose_training_tasks_are_gone_stops_with_75(tmp_path):
     assert time.monotonic() - started < 60
 
 
-def _flags(**values):
-    flag_values = flags.FlagValues()
-    xception_flags.define_all(flag_values)
-    flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in values.items()])
-    return flag_values
+_flags = main_flags.parse
 
 
 def test_the_evaluator_evaluates_with_the_training_replicas_batch():
@@ -357,12 +352,12 @@ def one_fake_gpu(monkeypatch):
 
 
 def test_num_gpus_zero_means_the_cpu_on_a_machine_with_a_gpu(one_fake_gpu):
-    main_flags = _flags(num_gpus=0, batch_size=8)
+    flag_values = _flags(num_gpus=0, batch_size=8)
     placement = imagenet_main.make_placement("mirrored", 0, 1, None, {})
     assert one_fake_gpu == [([], "GPU")]
-    session_config = imagenet_main.make_run_config(main_flags, placement).session_config
+    session_config = imagenet_main.make_run_config(flag_values, placement).session_config
     assert session_config.device_count["GPU"] == 0
-    assert imagenet_main.make_model_config(main_flags, 8).data_format == "channels_last"
+    assert imagenet_main.make_model_config(flag_values, 8).data_format == "channels_last"
     with pytest.raises(PipelineError, match="channels_first needs a GPU and --num_gpus=0"):
         imagenet_main.make_model_config(_flags(num_gpus=0, data_format="channels_first"), 8)
 

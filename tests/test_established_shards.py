@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,13 +18,13 @@ from data_prep import demo_dataset
 from data_prep import describe_shards
 from official.utils import dataset_info
 from official.utils.errors import PipelineError
-from official.utils.errors import PipelineError
 from official.xception import evaluate_saved_model
 from official.xception import export
 from official.xception import imagenet_main
 from official.xception import input_pipeline
-from official.xception import xception_flags
 from tests import established_builder
+from tests import export_fixtures
+from tests import main_flags
 from tests import record_fixtures
 from tests import tiny_network
 
@@ -71,19 +70,13 @@ def shard_copy(established_shards, tmp_path):
     return directory
 
 
-def _flags(**values):
-    flag_values = flags.FlagValues()
-    xception_flags.define_all(flag_values)
-    flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in values.items()])
-    return flag_values
+_flags = main_flags.parse
 
 
 def _small_run(**values):
-    settings = dict(image_size=IMAGE_SIZE, batch_size=8, num_gpus=0, moving_average_decay=0.5,
-                    dropout_rate=0.0, shuffle_buffer=32, base_learning_rate=0.05,
-                    base_batch_size=8)
-    settings.update(values)
-    return _flags(**settings)
+    return _flags(dict(image_size=IMAGE_SIZE, batch_size=8, num_gpus=0, moving_average_decay=0.5,
+                       dropout_rate=0.0, shuffle_buffer=32, base_learning_rate=0.05,
+                       base_batch_size=8), **values)
 
 
 def test_describe_shards_writes_what_data_prep_writes_for_the_same_images(raw, established_shards,
@@ -140,11 +133,8 @@ def test_describe_shards_keeps_an_existing_summary_unless_told(shard_copy):
 
 
 def _one_record_shard(directory, split, label, synset, index=0, total=1):
-    examples = [record_fixtures.make_example(b"not decoded", label, 1, 1, synset=synset)]
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "%s-%05d-of-%05d" % (split, index, total))
-    with tf.io.TFRecordWriter(path) as writer:
-        writer.write(examples[0])
+    example = record_fixtures.make_example(b"not decoded", label, 1, 1, synset=synset)
+    (path,) = record_fixtures.write_shards(directory, split, [example], total, indexes=[index])
     return path
 
 
@@ -187,12 +177,7 @@ def test_shards_of_another_builder_train_evaluate_and_export_with_their_names(sh
     expected_names = [(c.synset, c.text) for c in classes]
     (version,) = os.listdir(export_dir)
     assert export.read_class_names(str(export_dir / version)) == expected_names
-    serve = tf.saved_model.load(str(export_dir / version)).signatures["serving_default"]
-    record = next(iter(tf.data.TFRecordDataset(
-        tf.io.gfile.glob(os.path.join(shard_copy, "validation-*")))))
-    image = tf.io.parse_single_example(
-        record, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"]
-    outputs = serve(image_bytes=tf.reshape(image, [1]))
+    outputs = export_fixtures.serve_first_validation_record(str(export_dir / version), shard_copy)
     names = [name.encode() for name, _ in expected_names]
     assert outputs["class_names"].numpy()[0] == names[int(outputs["classes"][0])]
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,7 +17,7 @@ from official.xception import convert_keras_weights
 from official.xception import imagenet_main
 from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
-from official.xception import xception_flags
+from tests import main_flags
 from tests import record_fixtures
 from tests import tiny_network
 
@@ -50,18 +49,15 @@ def data_dir(tmp_path_factory):
     return directory
 
 
+# Small-data settings every in-process run here starts from.
+SMALL_RUN = dict(batch_size=8, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES,
+                 train_examples=TRAIN_EXAMPLES, eval_examples=EVAL_EXAMPLES, train_epochs=1,
+                 shuffle_buffer=64, base_learning_rate=0.1, base_batch_size=8, dropout_rate=0.0,
+                 moving_average_decay=0.0, num_gpus=0, log_steps=10)
+
+
 def _flags(**values):
-    """Fresh FlagValues of imagenet_main parsed from `values`, with small-data defaults."""
-    settings = dict(batch_size=8, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES,
-                    train_examples=TRAIN_EXAMPLES, eval_examples=EVAL_EXAMPLES, train_epochs=1,
-                    shuffle_buffer=64, base_learning_rate=0.1, base_batch_size=8, dropout_rate=0.0,
-                    moving_average_decay=0.0, num_gpus=0, log_steps=10)
-    settings.update(values)
-    flag_values = flags.FlagValues()
-    xception_flags.define_all(flag_values)
-    flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in settings.items()
-                                     if value is not None])
-    return flag_values
+    return main_flags.parse(SMALL_RUN, **values)
 
 
 def _run(builder=tiny_network.tiny_network, **values):

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 
-from absl import flags
 import numpy as np
 import pytest
 from tensorboard.plugins.custom_scalar import layout_pb2
@@ -27,8 +26,8 @@ from official.xception import model_fn as model_fn_lib
 from official.xception import preprocessing
 from official.xception import report
 from official.xception import run_record
-from official.xception import xception_flags
 from tests import export_fixtures
+from tests import main_flags
 from tests import record_fixtures
 from tests import report_tables
 from tests import tiny_network
@@ -38,11 +37,7 @@ SIZE = export_fixtures.IMAGE_SIZE
 NUM_VALIDATION = 13
 
 
-def _flags(**values):
-    flag_values = flags.FlagValues()
-    xception_flags.define_all(flag_values)
-    flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in values.items()])
-    return flag_values
+_flags = main_flags.parse
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +160,7 @@ def test_training_exports_a_model_that_names_the_classes(demo_shards, tmp_path):
     assert dataset_info.read_class_names(str(model_dir)) == expected_names
     (version,) = os.listdir(export_dir)
     assert export.read_class_names(str(export_dir / version)) == expected_names
-    serve = tf.saved_model.load(str(export_dir / version)).signatures["serving_default"]
-    record = next(iter(tf.data.TFRecordDataset(
-        tf.io.gfile.glob(os.path.join(demo_shards, "validation-*")))))
-    encoded = tf.io.parse_single_example(
-        record, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"]
-    outputs = serve(image_bytes=tf.reshape(encoded, [1]))
+    outputs = export_fixtures.serve_first_validation_record(str(export_dir / version), demo_shards)
     names = [name.encode() for name, _ in expected_names]
     assert outputs["class_names"].numpy()[0] == names[int(outputs["classes"][0])]
     assert set(outputs["top_5_class_names"].numpy()[0]) == set(names)

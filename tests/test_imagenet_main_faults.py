@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 
-from absl import flags
 import h5py
 import pytest
 import tensorflow as tf
@@ -21,8 +20,8 @@ from official.utils.errors import PipelineError
 from official.xception import imagenet_main
 from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
-from official.xception import xception_flags
 from tests import fault_fixtures
+from tests import main_flags
 from tests import record_fixtures
 from tests import tiny_network
 
@@ -31,17 +30,15 @@ IMAGE_SIZE = 71
 NUM_CLASSES = 3
 TRAIN_EXAMPLES = 24
 EVAL_EXAMPLES = 10
+# Small-data settings every in-process run here starts from.
+SMALL_RUN = dict(batch_size=8, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES,
+                 train_examples=TRAIN_EXAMPLES, eval_examples=EVAL_EXAMPLES, train_epochs=1,
+                 shuffle_buffer=32, base_batch_size=8, dropout_rate=0.0,
+                 moving_average_decay=0.0, num_gpus=0, log_steps=10)
+
+
 def _flags(**values):
-    settings = dict(batch_size=8, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES,
-                    train_examples=TRAIN_EXAMPLES, eval_examples=EVAL_EXAMPLES, train_epochs=1,
-                    shuffle_buffer=32, base_batch_size=8, dropout_rate=0.0,
-                    moving_average_decay=0.0, num_gpus=0, log_steps=10)
-    settings.update(values)
-    flag_values = flags.FlagValues()
-    xception_flags.define_all(flag_values)
-    flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in settings.items()
-                                     if value is not None])
-    return flag_values
+    return main_flags.parse(SMALL_RUN, **values)
 
 
 def _run(**values):

@@ -7,7 +7,6 @@ import dataclasses
 import os
 import sys
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,7 +15,7 @@ from official.utils import flags_core
 from official.xception import imagenet_main
 from official.xception import input_pipeline
 from official.xception import model_fn as model_fn_lib
-from official.xception import xception_flags
+from tests import main_flags
 from tests import record_fixtures
 from tests import tiny_network
 
@@ -47,18 +46,16 @@ def data_dir(tmp_path_factory):
     return directory
 
 
+SMALL_RUN = dict(batch_size=4, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES, train_examples=16,
+                 eval_examples=EVAL_EXAMPLES, shuffle_buffer=16, base_learning_rate=0.2,
+                 base_batch_size=4, moving_average_decay=0.5, num_gpus=0, log_steps=10, seed=1,
+                 # The same training every run: no random crops, flips or colours (they are unseeded).
+                 crop_area_range="1.0,1.0", crop_aspect_ratio_range="0.75,1.34", random_flip=False,
+                 color_distortion=False)
+
+
 def _flags(**values):
-    settings = dict(batch_size=4, image_size=IMAGE_SIZE, num_classes=NUM_CLASSES, train_examples=16,
-                    eval_examples=EVAL_EXAMPLES, shuffle_buffer=16, base_learning_rate=0.2,
-                    base_batch_size=4, moving_average_decay=0.5, num_gpus=0, log_steps=10, seed=1,
-                    # The same training every run: no random crops, flips or colours (they are unseeded).
-                    crop_area_range="1.0,1.0", crop_aspect_ratio_range="0.75,1.34", random_flip=False,
-                    color_distortion=False)
-    settings.update(values)
-    flag_values = flags.FlagValues()
-    xception_flags.define_all(flag_values)
-    flag_values(["imagenet_main"] + [f"--{name}={value}" for name, value in settings.items()])
-    return flag_values
+    return main_flags.parse(SMALL_RUN, **values)
 
 
 def _eval_images(data_dir, dtype):

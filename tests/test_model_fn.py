@@ -138,6 +138,14 @@ def _estimator(model_dir, config, builder=tiny_network.tiny_network):
                                   config=tf.estimator.RunConfig(tf_random_seed=3))
 
 
+def _trained(model_dir, config, seed, size=8, steps=1):
+    """An Estimator of `config` trained `steps` steps of batch 8 on `size` random images, and those."""
+    images, labels = _batch(seed=seed, size=size)
+    estimator = _estimator(model_dir, config)
+    estimator.train(_numpy_input_fn(images, labels, 8), steps=steps)
+    return estimator, images, labels
+
+
 def _numpy_input_fn(images, labels, batch_size, repeat=True):
     def input_fn():
         dataset = tf.data.Dataset.from_tensor_slices((images, labels))
@@ -160,9 +168,7 @@ def test_training_moves_batch_norm_statistics_and_evaluation_uses_the_averages(t
                                                                               average_statistics):
     config = _model_config(moving_average_decay=0.5,
                            average_batch_norm_statistics=average_statistics)
-    images, labels = _batch(seed=2, size=16)
-    estimator = _estimator(tmp_path, config)
-    estimator.train(_numpy_input_fn(images, labels, 8), steps=4)
+    estimator, images, labels = _trained(tmp_path, config, seed=2, size=16, steps=4)
     checkpoint = tf.train.latest_checkpoint(str(tmp_path))
     reader = tf.train.load_checkpoint(checkpoint)
     for statistic, initial in [("moving_mean", 0.0), ("moving_variance", 1.0)]:
@@ -255,9 +261,7 @@ def test_raw_and_averaged_weights_in_one_pass_follow_the_averaging_decay(tmp_pat
 
 def test_checkpoint_without_averages_evaluates_raw_weights_with_a_warning(tmp_path, caplog):
     config = _model_config(moving_average_decay=0.0)
-    images, labels = _batch(seed=4)
-    estimator = _estimator(tmp_path, config)
-    estimator.train(_numpy_input_fn(images, labels, 8), steps=1)
+    estimator, images, labels = _trained(tmp_path, config, seed=4)
     # The same checkpoint read by a model_fn that averages: it must fall back to the raw weights.
     averaging = _estimator(tmp_path, _model_config(moving_average_decay=0.9))
     with caplog.at_level("WARNING"):
@@ -270,9 +274,7 @@ def test_checkpoint_without_averages_evaluates_raw_weights_with_a_warning(tmp_pa
 
 def test_evaluation_cross_entropy_is_the_plain_nll_under_label_smoothing(tmp_path):
     config = _model_config(label_smoothing=0.3)
-    images, labels = _batch(seed=6)
-    estimator = _estimator(tmp_path, config)
-    estimator.train(_numpy_input_fn(images, labels, 8), steps=1)
+    estimator, images, labels = _trained(tmp_path, config, seed=6)
     results = estimator.evaluate(_numpy_input_fn(images, labels, 8, repeat=False))
     inference, _ = _inference_logits(tf.train.latest_checkpoint(str(tmp_path)), images, {})
     log_probabilities = _log_softmax(inference.astype(np.float64))
@@ -285,9 +287,7 @@ def test_evaluation_cross_entropy_is_the_plain_nll_under_label_smoothing(tmp_pat
 
 def test_a_checkpoint_with_the_averages_of_only_some_weights_is_an_error(tmp_path):
     config = _model_config(moving_average_decay=0.9)
-    images, labels = _batch(seed=8)
-    estimator = _estimator(tmp_path, config)
-    estimator.train(_numpy_input_fn(images, labels, 8), steps=1)
+    estimator, images, labels = _trained(tmp_path, config, seed=8)
     export_fixtures.rewrite_checkpoint_without(tf.train.latest_checkpoint(str(tmp_path)),
                                                "predictions/bias/ExponentialMovingAverage")
     with pytest.raises(PipelineError, match=r"moving averages of only 8 of 9 trainable variables "
@@ -300,9 +300,7 @@ def test_evaluation_counts_every_record_once_with_a_partial_last_batch(tmp_path)
     labels = [1 + i % NUM_CLASSES for i in range(11)]  # 1-based, as the established tools write
     record_fixtures.write_labelled_split(str(tmp_path / "data"), "validation", labels, num_shards=3)
     config = _model_config()
-    estimator = _estimator(tmp_path / "model", config)
-    train_images, train_labels = _batch(seed=5)
-    estimator.train(_numpy_input_fn(train_images, train_labels, 8), steps=1)
+    estimator, _, _ = _trained(tmp_path / "model", config, seed=5)
 
     def eval_input_fn():
         return input_pipeline.input_fn(False, str(tmp_path / "data"), 4, image_size=IMAGE_SIZE,

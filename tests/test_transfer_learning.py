@@ -2,7 +2,6 @@
 
 import sys
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +9,7 @@ import tensorflow as tf
 from official.utils.errors import PipelineError
 from official.xception import convert_keras_weights
 from official.xception import imagenet_main
-from official.xception import xception_flags
+from tests import main_flags
 from tests import record_fixtures
 
 NUM_CLASSES = 5
@@ -48,14 +47,9 @@ def _train_one_step(data_dir, model_dir, checkpoint, **values):
         train_examples=2 * NUM_CLASSES, eval_examples=NUM_CLASSES, num_gpus=0, seed=3,
         dropout_rate=0.0, moving_average_decay=0.0, base_learning_rate=0.1, base_batch_size=4,
         # The whole 40x48 image, unflipped, colours untouched: every run sees exactly the same batch.
-        crop_area_range="1.0,1.0", crop_aspect_ratio_range="0.75,1.34", norandom_flip=None,
-        nocolor_distortion=None)
-    settings.update(values)
-    flag_values = flags.FlagValues()
-    xception_flags.define_all(flag_values)
-    flag_values(["imagenet_main"] + [f"--{name}" if value is None else f"--{name}={value}"
-                                     for name, value in settings.items()])
-    imagenet_main.run(flag_values)
+        crop_area_range="1.0,1.0", crop_aspect_ratio_range="0.75,1.34", random_flip=False,
+        color_distortion=False)
+    imagenet_main.run(main_flags.parse(settings, **values))
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir)))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
             if not name.endswith("/Momentum")}
@@ -68,7 +62,7 @@ def _pretrained(checkpoint):
 
 def test_fine_tune_trains_only_the_new_head(keras_checkpoint, data_dir, tmp_path):
     before = _pretrained(keras_checkpoint)
-    after = _train_one_step(data_dir, tmp_path, keras_checkpoint, fine_tune=None)
+    after = _train_one_step(data_dir, tmp_path, keras_checkpoint, fine_tune=True)
     assert after["predictions/kernel"].shape == (2048, NUM_CLASSES)
     assert after["predictions/bias"].shape == (NUM_CLASSES,)
     base = set(before) - HEAD - {"global_step"}
@@ -97,7 +91,7 @@ def test_full_fine_tuning_moves_the_base_and_the_multiplier_scales_its_steps(
 
 def test_the_multiplier_is_refused_where_it_means_nothing(keras_checkpoint, data_dir, tmp_path):
     with pytest.raises(PipelineError, match="applies to full fine-tuning"):
-        _train_one_step(data_dir, tmp_path, keras_checkpoint, fine_tune=None,
+        _train_one_step(data_dir, tmp_path, keras_checkpoint, fine_tune=True,
                         pretrained_learning_rate_multiplier=0.1)
     with pytest.raises(PipelineError, match="needs --optimizer=momentum or nesterov"):
         _train_one_step(data_dir, tmp_path, keras_checkpoint, optimizer="rmsprop",

@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Runs every test target with Bazel, offline: installs Debian's bazel-bootstrap (Bazel 4.2.3) with
-# apt-get when bazel is missing, and skips, saying so, only where apt-get is unavailable.
-# Fails when a test fails, when no test targets exist, or when a module or test file under official/,
-# data_prep/ or tests/ is in no target's srcs. Extra arguments go to `bazel test`.
+# The Bazel part of the test command, offline:
+#   tools/bazel_test.sh          builds every target (//...) and runs the tests of //tests:bazel_smoke,
+#                                which show that runfiles, sandbox and the .venv toolchain work (CI; the
+#                                whole suite runs once, in pytest)
+#   tools/bazel_test.sh --all    builds every target and runs every test target under Bazel
+# Installs Debian's bazel-bootstrap (Bazel 4.2.3) with apt-get when bazel is missing, and skips, saying
+# so, only where apt-get is unavailable. Fails when a target does not build, when a test fails, when no
+# test targets exist, or when a module or test file under official/, data_prep/ or tests/ is in no
+# target's srcs. Further arguments go to `bazel test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # The Python toolchain (third_party/bazel/python) runs tests with this clone's .venv.
 source tools/venv.sh
+
+tests_to_run=//tests:bazel_smoke
+if [[ "${1:-}" == "--all" ]]; then
+    tests_to_run=//...
+    shift
+fi
 
 if ! command -v bazel >/dev/null 2>&1; then
     installed=0
@@ -55,16 +66,28 @@ if [[ -n "$unguarded" ]]; then
     exit 1
 fi
 
-echo "bazel test: $(echo "$test_targets" | wc -l) test targets" >&2
+start=$SECONDS
+if ! bazel build --keep_going //...; then
+    echo "error: bazel build //... failed (its messages are above)" >&2
+    exit 1
+fi
+echo "bazel build: every target of //... built in $((SECONDS - start)) s" >&2
+
+if [[ "$tests_to_run" == //... ]]; then
+    echo "bazel test: all $(echo "$test_targets" | wc -l) test targets" >&2
+else
+    echo "bazel test: $tests_to_run ($(bazel query --noshow_progress "tests($tests_to_run)" | wc -l)" \
+        "of $(echo "$test_targets" | wc -l) test targets; tools/bazel_test.sh --all runs them all)" >&2
+fi
 start=$SECONDS
 status=0
-bazel test --keep_going "$@" //... || status=$?
+bazel test --keep_going "$@" "$tests_to_run" || status=$?
 if [[ $status == 0 ]]; then
     echo "bazel test: all passed in $((SECONDS - start)) s" >&2
 elif [[ $status == 3 ]]; then
     echo "error: bazel test: some tests failed (their logs are above)" >&2
 elif [[ $status == 4 ]]; then
-    echo "error: bazel test found no test targets to run" >&2
+    echo "error: bazel test found no test targets to run in $tests_to_run" >&2
 else
     echo "error: bazel test could not build or run the tests (exit code $status; see above)" >&2
 fi

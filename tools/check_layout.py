@@ -107,8 +107,8 @@ def read_build_targets(root, package):
         return None
 
     names = {kind: rule(kind) for kind in _RULES}
-    names.update(package=ignore, sh_binary=ignore, sh_test=ignore, exports_files=ignore, load=ignore,
-                 glob=lambda *_, **__: [])
+    names.update(package=ignore, sh_binary=ignore, sh_test=ignore, test_suite=ignore,
+                 exports_files=ignore, load=ignore, glob=lambda *_, **__: [])
     with open(path, encoding="utf-8") as build:
         exec(compile(build.read(), path, "exec"), names)  # pylint: disable=exec-used
     return targets
