@@ -6,6 +6,18 @@ import tensorflow as tf
 from official.xception import export
 from tests import export_fixtures
 
+# The files whose tests take minutes (the demo end to end, the real Slurm relaunch). pytest-xdist hands
+# out whole files in collection order; started last, each would run alone at the end while the other
+# process idles, so they are collected first.
+_LONGEST_FILES = ("test_run_imagenet.py", "test_slurm.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return _LONGEST_FILES.index(name) if name in _LONGEST_FILES else len(_LONGEST_FILES)
+    items.sort(key=rank)  # stable: every other test keeps its order
+
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
