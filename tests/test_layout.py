@@ -76,6 +76,8 @@ def test_an_import_circle_is_named_even_through_a_function_level_import(tmp_path
            + _LIBRARY.format(name="plan", deps='":builder"'))
     problems = check_layout.check(str(tmp_path))
     assert "import circle: data_prep.builder -> data_prep.plan -> data_prep.builder" in problems
+    assert ("Bazel dependency circle: //data_prep:builder -> //data_prep:plan -> //data_prep:builder"
+            in problems)
 
 
 def test_bazel_targets_must_cover_every_module_and_name_their_deps(tmp_path):

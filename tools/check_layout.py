@@ -3,8 +3,9 @@
 - the import graph of the project's modules has no circle (imports inside functions count);
 - no package imports one above it: official/utils imports only itself; data_prep and official/xception
   import official/utils and themselves, not each other; benchmarks and tools import no tests;
-- every module is in exactly one Bazel target's srcs, each test file is a py_test of its own name, and
-  each target's deps name the targets of the project modules its sources import.
+- every module is in exactly one Bazel target's srcs, each test file is a py_test of its own name,
+  each target's deps name the targets of the project modules its sources import, and the targets'
+  deps have no circle (Bazel refuses to build one).
 
 Usage: python tools/check_layout.py [REPO_ROOT]; prints one line per problem and exits 1 if any.
 """
@@ -148,6 +149,10 @@ def check(root):
                 owner[path] = label
             elif targets[owner[path]][0] != "py_library" or owner[path] not in targets[label][2]:
                 problems.append(f"{path} is in the srcs of both {owner[path]} and {label}")
+    build_cycle = find_cycle({label: {dep for dep in deps if dep in targets}
+                              for label, (_, _, deps) in targets.items()})
+    if build_cycle:
+        problems.append("Bazel dependency circle: " + " -> ".join(build_cycle))
     for name, path in sorted(modules.items()):
         if path.endswith("__init__.py"):
             continue
