@@ -655,13 +655,11 @@ class _Summary:
 
 
 def _write_holdout_list(config, plan):
-    """Writes (or, when this run has a validation split from elsewhere, removes) the held-out file list;
-    returns the summary's validation_holdout entry."""
+    """Writes the held-out file list when this run holds out its validation split; returns the
+    summary's validation_holdout entry."""
     path = os.path.join(config.output_directory, HOLDOUT_LIST_NAME)
     try:
         if plan.held_out is None:
-            if any(split.name == "validation" for split in plan.splits) and os.path.exists(path):
-                os.remove(path)  # it described validation shards this run replaces
             return None
         text = holdout.held_out_list(plan.held_out)
         _write_atomically(path, text)
@@ -671,6 +669,19 @@ def _write_holdout_list(config, plan):
             "images": sum(len(sources) for sources in plan.held_out.values()),
             "file_list": HOLDOUT_LIST_NAME,
             "file_list_sha256": hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()}
+
+
+def _remove_replaced_holdout_list(config, plan):
+    """Removes a held-out file list once this run's validation split from elsewhere has replaced the
+    shards it described: not before, since until then an interrupted run leaves those shards in place."""
+    path = os.path.join(config.output_directory, HOLDOUT_LIST_NAME)
+    if plan.held_out is None and any(split.name == "validation" for split in plan.splits):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise PipelineError(f"cannot remove {path}: {error.strerror or error}") from None
 
 
 def _describe_split(split, config):
@@ -744,6 +755,7 @@ def build(config, log=None):
             raise
         content = summary.write("complete")
         journal.remove()
+        _remove_replaced_holdout_list(config, plan)
     finally:
         output.close()
     _warn_about_classes_without_images(content, log)

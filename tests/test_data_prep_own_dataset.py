@@ -184,6 +184,32 @@ def test_summary_names_counts_and_holdout_are_right(dataset, built):
         "train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00002", "validation-00001-of-00002"]
 
 
+
+class _InterruptedLog(io.StringIO):
+    """A build log whose first line about the validation split is a Ctrl-C: the run has planned it
+    and stops before writing it."""
+
+    def write(self, text):
+        if text.startswith("validation:"):
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_the_held_out_list_goes_only_when_a_validation_set_from_elsewhere_has_replaced_it(dataset, tmp_path):
+    _, train = dataset
+    output_directory = str(tmp_path / "out")
+    builder.build(config_for(train, output_directory), log=io.StringIO())
+    list_path = os.path.join(output_directory, builder.HOLDOUT_LIST_NAME)
+    held_out = open(list_path, "rb").read()
+    own_validation = config_for(train, output_directory, validation_fraction=None,
+                                validation_directory=train)
+    with pytest.raises(KeyboardInterrupt):
+        builder.build(own_validation, log=_InterruptedLog())
+    assert open(list_path, "rb").read() == held_out  # its validation shards are still there
+    summary = builder.build(own_validation, log=io.StringIO())
+    assert summary["status"] == "complete" and summary["validation_holdout"] is None
+    assert not os.path.exists(list_path)
+
 def test_split_is_seeded_independent_of_workers_and_input_form_and_a_rerun_reuses_it(dataset, built, tmp_path):
     usable, train = dataset
     reference_directory, reference, _ = built
