@@ -146,6 +146,18 @@ def test_two_worker_processes_write_the_same_bytes_as_one(tree, reference, tmp_p
     assert summary["splits"] == reference[1]["splits"]
 
 
+def test_the_commands_own_process_does_not_import_tensorflow():
+    # Only the workers (forked from a server that imports it once) need TensorFlow; the process that
+    # plans, journals and reports starts at once and stays small without it.
+    for command in ("data_prep.build_imagenet_data", "data_prep.make_demo_dataset",
+                    "data_prep.process_bounding_boxes"):
+        result = subprocess.run(
+            [sys.executable, "-c", f"import sys, {command}; print(sorted(name for name in sys.modules "
+                                   "if name.split('.')[0] in ('tensorflow', 'keras')))"],
+            cwd=REPO, capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == "[]", command
+
+
 def test_original_tar_input_gives_the_same_shards_as_folders(tree, reference, tmp_path):
     original_layout.make_train_tar(tree.train_directory, str(tmp_path / "train.tar"))
     original_layout.make_flat_tar(tree.validation_directory, str(tmp_path / "val.tar"))

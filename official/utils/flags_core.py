@@ -15,9 +15,9 @@ from typing import Optional
 
 from absl import flags
 
-from official.utils import hooks
-
-
+# The choices of --hooks (official/utils/hooks.py builds them). Kept here, not imported from there, so
+# that a main needing no TensorFlow (data_prep's commands) does not pay its import for its flags.
+HOOK_NAMES = ("LoggingTensorHook", "ExamplesPerSecondHook", "ProfilerHook")
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 DISTRIBUTION_STRATEGIES = ("off", "one_device", "mirrored", "multi_worker_mirrored")
 ALL_REDUCE_ALGORITHMS = ("nccl", "hierarchical_copy", "reduction_to_one_device", "ring", "auto")
@@ -105,7 +105,7 @@ def define_base(flag_values=flags.FLAGS):
     flags.DEFINE_boolean("eval_only", False, "Only evaluate the last checkpoint in --model_dir.",
                          flag_values=flag_values)
     flags.DEFINE_list("hooks", ["LoggingTensorHook"], "Training hooks, comma-separated, from: "
-                      + ", ".join(hooks.HOOK_NAMES) + " (case-insensitive).",
+                      + ", ".join(HOOK_NAMES) + " (case-insensitive).",
                       flag_values=flag_values)
     flags.DEFINE_integer("log_steps", 100, "Steps between progress lines, examples/sec summaries "
                          "and profiles.", flag_values=flag_values)

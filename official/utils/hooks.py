@@ -12,8 +12,8 @@ from absl import logging
 import tensorflow as tf
 
 from official.utils.errors import PipelineError
+from official.utils.flags_core import HOOK_NAMES
 
-HOOK_NAMES = ("LoggingTensorHook", "ExamplesPerSecondHook", "ProfilerHook")
 # A model_fn names these tensors of its training graph so that LoggingTensorHook can log them.
 TOTAL_LOSS_TENSOR = "total_loss"
 CROSS_ENTROPY_TENSOR = "cross_entropy"
