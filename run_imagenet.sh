@@ -131,8 +131,8 @@ run_demo() {
     # Colour is part of what tells the demo's classes apart: no colour distortion here.
     python -m official.xception.imagenet_main --data_dir="$shards" --model_dir="$model" \
         --export_dir="$model/export" --num_gpus=0 --image_size=71 --batch_size=32 \
-        --train_epochs=10 --epochs_between_evals=2.5 --base_learning_rate=0.05 --base_batch_size=32 \
-        --warmup_epochs=2 --learning_rate_schedule=cosine --moving_average_decay=0.99 \
+        --train_epochs=6 --epochs_between_evals=1.5 --base_learning_rate=0.05 --base_batch_size=32 \
+        --warmup_epochs=1.5 --learning_rate_schedule=cosine --moving_average_decay=0.99 \
         --dropout_rate=0.0 --batch_norm_momentum=0.9 --nocolor_distortion --shuffle_buffer=1000 \
         --log_steps=10 "$@" 2>&1 | tee -a "$model.log"
     local export

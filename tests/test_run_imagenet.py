@@ -39,13 +39,13 @@ def test_demo_runs_end_to_end_and_learns(tmp_path):
     export = re.search(r"SavedModel:\s+(\S+)", result.stdout).group(1)
     assert os.path.isfile(os.path.join(export, "saved_model.pb"))
     assert os.path.isfile(tmp_path / "shards" / "build_summary.json")
-    # The demo ends with its report: an evaluation every 2.5 of its 10 epochs, and the curves.
+    # The demo ends with its report: an evaluation every 1.5 of its 6 epochs, and the curves.
     paths = re.search(r"report:\s+(\S+) \(curves: (\S+)\)", result.stdout)
     assert paths, result.stdout[-3000:]
     assert os.path.isfile(paths.group(1)), result.stderr[-3000:]
     with open(paths.group(1)) as handle:
         rows = report_tables.evaluation_rows(handle.read())
-    assert [float(row["epoch"]) for row in rows] == [2.56, 5.12, 7.68, 10.03]  # 9.375 steps each
+    assert [float(row["epoch"]) for row in rows] == [1.6, 3.2, 4.8, 6.08]  # 9.375 steps each
     report_tables.assert_picture(paths.group(2))
 
 
