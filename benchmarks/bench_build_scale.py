@@ -209,6 +209,8 @@ def main():
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--work_dir", default=None, help="Where to generate (default: a temporary folder).")
     args = parser.parse_args()
+    if args.work_dir:
+        os.makedirs(args.work_dir, exist_ok=True)
     work_dir = tempfile.mkdtemp(prefix="bench_build_scale_", dir=args.work_dir)
     rows = []
     try:
