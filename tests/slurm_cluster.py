@@ -76,6 +76,10 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
+# sbatch --wait polls the job every 2 s, then 8 s, then 32 s, unless MinJobAge is under twice the
+# interval (so that a finished job is still there at the next poll): the tests wait for their batch
+# jobs, and 32 s polls would add up to half a minute to each.
+MinJobAge=4
 NodeName={node} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
 PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """)
